@@ -1,0 +1,126 @@
+"""The inference engine's Python face: metallic_native.Model."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import _core
+
+# KV cache length used when the caller gives none: the model's trained context,
+# capped so a 32k-context model does not reserve memory nobody asked for.
+DEFAULT_N_CTX_CAP = 4096
+
+
+class Model:
+    """A GGUF model loaded for inference.
+
+    Model(path_or_name, n_ctx=None, n_threads=None, backend="auto")
+
+    path_or_name: a GGUF file, or the name of a model that `metallic pull` knows
+        (pulled on first use).
+    n_ctx: KV cache length in tokens (default: the model's context length,
+        capped at 4096).
+    n_threads: CPU threads (default: the number of physical cores).
+    backend: "auto" (CUDA when a GPU is visible, else CPU), "cpu", "cuda" or "metal".
+    kv_type: "f16" (default) or "f32" storage for the KV cache.
+    isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
+    max_batch: prompt tokens processed per prefill chunk.
+
+    The native work of eval() runs with the GIL released. One call runs at a
+    time per Model; use one Model per thread for parallel work.
+    """
+
+    def __init__(self, path_or_name: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
+                 backend: str = "auto", *, kv_type: str = "f16", isa: str = "auto", max_batch: int = 256):
+        from . import models
+        from .gguf import GGUFFile
+
+        path = models.resolve(path_or_name)
+        if n_ctx is None:
+            with GGUFFile(path) as f:
+                arch = f.metadata.get("general.architecture", "")
+                n_ctx_train = int(f.metadata.get(f"{arch}.context_length", 2048))
+            n_ctx = min(n_ctx_train, DEFAULT_N_CTX_CAP)
+        _check_int("n_ctx", n_ctx, 1)
+        if n_threads is not None:
+            _check_int("n_threads", n_threads, 1)
+        _check_int("max_batch", max_batch, 1)
+        self.path = path
+        self._native = _core.Model(str(path), int(n_ctx), int(n_threads or 0), backend, kv_type, isa, int(max_batch))
+        self.config = dict(self._native.config)
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._native.n_ctx
+
+    @property
+    def n_past(self) -> int:
+        """Tokens currently held in the KV cache."""
+        return self._native.n_past
+
+    @property
+    def backend(self) -> str:
+        return self._native.backend
+
+    @property
+    def n_threads(self) -> int:
+        return self._native.n_threads
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config["vocab_size"]
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        self._native.reset()
+
+    def truncate(self, n: int) -> None:
+        """Keeps the first n cached tokens and forgets the rest (for prefix reuse)."""
+        self._native.truncate(int(n))
+
+    # ---- compute -----------------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int] | np.ndarray, *, all_logits: bool = False,
+             capture_hidden: bool = False):
+        """Appends tokens to the cache and returns float32 logits.
+
+        Returns the last position's logits [vocab], or every position's [n, vocab]
+        with all_logits=True. With capture_hidden=True returns (logits, hidden)
+        where hidden[0] is the embedding output and hidden[i] the residual stream
+        after layer i, shaped [n_layers + 1, n, d_model].
+        """
+        arr = np.asarray(tokens)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden)
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the KV cache, device memory and the file mapping now."""
+        self._native.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"Model({str(self.path)!r}, closed)"
+        return (f"Model({str(self.path)!r}, arch={self.config['architecture']}, n_ctx={self.n_ctx}, "
+                f"backend={self.backend})")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
