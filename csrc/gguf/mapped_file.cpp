@@ -28,7 +28,7 @@ struct FdGuard {
 };
 
 [[noreturn]] void fail(const std::string& path, const char* what, int err) {
-    throw Error(path + ": " + what + ": " + std::strerror(err));
+    throw FileOpenError(path, std::string(what) + ": " + std::strerror(err), err);
 }
 
 }  // namespace
@@ -43,13 +43,13 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
 
     struct stat st;
     if (::fstat(fd, &st) != 0) fail(path, "cannot stat", errno);
-    if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file");
+    if (!S_ISREG(st.st_mode)) throw FileOpenError(path, "not a regular file", S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
 
     std::shared_ptr<MappedFile> m(new MappedFile());
     m->path_ = path;
     m->size_ = static_cast<uint64_t>(st.st_size);
     if (m->size_ == 0) return m;
-    if (m->size_ > static_cast<uint64_t>(SIZE_MAX)) throw Error(path + ": file too large to map");
+    if (m->size_ > static_cast<uint64_t>(SIZE_MAX)) throw FileOpenError(path, "file too large to map", EFBIG);
 
     void* p = ::mmap(nullptr, static_cast<size_t>(m->size_), PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) fail(path, "cannot mmap", errno);

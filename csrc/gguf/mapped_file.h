@@ -12,11 +12,22 @@
 #include <memory>
 #include <string>
 
+#include "common/error.h"
+
 namespace mn {
+
+// The file could not be opened, examined or mapped; `err` is the errno, so
+// bindings can raise the matching OSError (FileNotFoundError, ...).
+struct FileOpenError : Error {
+    FileOpenError(const std::string& path, const std::string& what, int err)
+        : Error(path + ": " + what), path(path), err(err) {}
+    std::string path;
+    int err;
+};
 
 class MappedFile {
 public:
-    // Maps `path` read-only. Throws mn::Error naming the path and the OS error
+    // Maps `path` read-only. Throws FileOpenError naming the path and the OS error
     // if it cannot be opened or mapped. An empty file maps to size() == 0,
     // data() == nullptr (mmap refuses zero-length mappings).
     static std::shared_ptr<const MappedFile> open(const std::string& path);

@@ -117,8 +117,18 @@ std::string type_description(const MetaValue& v) {
 class PyGGUFFile {
 public:
     explicit PyGGUFFile(const std::string& path) {
-        py::gil_scoped_release nogil;
-        file_ = std::make_shared<GGUFFile>(path);
+        try {
+            py::gil_scoped_release nogil;
+            file_ = std::make_shared<GGUFFile>(path);
+        } catch (const FileOpenError& e) {
+            // An OSError subclass chosen by errno (FileNotFoundError, PermissionError, ...),
+            // like open() raises. A missing *part* of a split model is a GGUFError instead.
+            PyObject* args = Py_BuildValue("(iss)", e.err, e.what(), e.path.c_str());
+            if (args == nullptr) throw py::error_already_set();
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+            throw py::error_already_set();
+        }
     }
 
     std::shared_ptr<GGUFFile> get() const {
