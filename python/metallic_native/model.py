@@ -95,6 +95,8 @@ class Model:
         arr = np.asarray(tokens)
         if arr.ndim == 0:
             arr = arr.reshape(1)
+        if arr.size == 0:
+            raise ValueError("tokens is empty")
         if arr.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
         return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden)
