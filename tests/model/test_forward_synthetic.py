@@ -34,8 +34,11 @@ def test_logits_match_numpy_reference(tmp_path, arch, wtype):
             got = m.eval(tokens, all_logits=True)
         for pos in range(len(tokens)):
             assert cosine(got[pos], expected[pos]) > 0.999, (isa, pos)
-            assert np.argmax(got[pos]) == np.argmax(expected[pos]) or \
-                np.sort(expected[pos])[-1] - np.sort(expected[pos])[-2] < 0.02, (isa, pos)
+            # Random models have flat logits: where the reference's top two are
+            # within 0.1 the 8-bit activations may swap them, never anything worse.
+            order = np.argsort(expected[pos])[::-1]
+            gap = expected[pos][order[0]] - expected[pos][order[1]]
+            assert np.argmax(got[pos]) in (order[:1] if gap >= 0.1 else order[:2]), (isa, pos, gap)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
