@@ -128,9 +128,19 @@ _END_OF_GENERATION_TEXTS = frozenset(
 
 def _as_int_list(value: Any, key: str) -> list[int]:
     try:
+        if hasattr(value, "tolist"):  # numpy array, as GGUFFile gives numeric arrays
+            value = value.tolist()
+            if not isinstance(value, list) or not all(type(v) is int for v in value):
+                raise ValueError("not a 1-D integer array")
+            return value
         return [int(v) for v in value]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"GGUF metadata {key!r} must be an array of integers: {exc}") from None
+
+
+def _non_normal(types: list[int]) -> list[int]:
+    """Ids of the tokens that are not NORMAL: the few that need a closer look."""
+    return [i for i, t in enumerate(types) if t != TokenType.NORMAL]
 
 
 def _str_list(metadata: Mapping[str, Any], key: str) -> list[str]:
@@ -213,7 +223,7 @@ class Tokenizer:
         self.add_eos = add_eos
         self.model = model
         self.pre_tokenizer = pre_tokenizer
-        self._special_ids = frozenset(i for i, t in enumerate(token_types) if t == TokenType.CONTROL)
+        self._special_ids = frozenset(i for i in _non_normal(token_types) if token_types[i] == TokenType.CONTROL)
         # The same tokenizer with control-token parsing off. A second object rather than toggling
         # the flag per call, which would race between threads.
         self._plain_backend = plain_backend
@@ -254,7 +264,8 @@ class Tokenizer:
                     f"but 'tokenizer.ggml.tokens' has {n}"
                 )
 
-        backend, plain_backend = _build_backend(pieces, types, merges, pre)
+        others = _non_normal(types)
+        backend, plain_backend = _build_backend(pieces, types, others, merges, pre)
 
         ids = {
             name: _optional_id(metadata, f"tokenizer.ggml.{name}_token_id", n)
@@ -264,7 +275,7 @@ class Tokenizer:
         # control tokens known to end a turn or document.
         eot = {ids["eos"], ids["eot"], ids["eom"]}
         eot.update(
-            i for i, t in enumerate(types) if t == TokenType.CONTROL and pieces[i] in _END_OF_GENERATION_TEXTS
+            i for i in others if types[i] == TokenType.CONTROL and pieces[i] in _END_OF_GENERATION_TEXTS
         )
         eot.discard(None)
 
@@ -384,7 +395,9 @@ class Tokenizer:
         )
 
 
-def _build_backend(pieces: list[str], types: list[int], merges: list[str], pre: str) -> tuple[_HFTokenizer, _HFTokenizer]:
+def _build_backend(
+    pieces: list[str], types: list[int], others: list[int], merges: list[str], pre: str
+) -> tuple[_HFTokenizer, _HFTokenizer]:
     """The tokenizers objects for a byte-level BPE vocabulary: one that matches control tokens in
     text and one that does not. Both share one BPE model (built once; it is the costly part).
 
@@ -416,7 +429,8 @@ def _build_backend(pieces: list[str], types: list[int], merges: list[str], pre: 
 
     special: list[AddedToken] = []
     user: list[AddedToken] = []
-    for i, t in enumerate(types):
+    for i in others:
+        t = types[i]
         if t == TokenType.CONTROL or t == TokenType.USER_DEFINED:
             piece = pieces[i]
             # An added token must be found in the vocabulary under the same string and id, or

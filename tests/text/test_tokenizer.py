@@ -158,6 +158,20 @@ def test_merges_are_applied(tiny):
     assert tok.decode(tok.encode("hello world")) == "hello world"
 
 
+def test_metadata_as_plain_lists(tiny):
+    """token_type may come as a list as well as a numpy array; ids may be numpy integers."""
+    tok, ids, meta = tiny
+    meta2 = dict(meta)
+    meta2["tokenizer.ggml.token_type"] = [int(t) for t in meta["tokenizer.ggml.token_type"]]
+    meta2["tokenizer.ggml.eos_token_id"] = np.uint32(ids["eos"])
+    tok2 = Tokenizer.from_metadata(meta2)
+    text = "hello <|im_end|> wörld <tool>"
+    assert tok2.encode(text) == tok.encode(text)
+    assert tok2.eos_id == ids["eos"] and tok2.eot_ids == tok.eot_ids
+    with pytest.raises(ValueError, match="token_type"):
+        Tokenizer.from_metadata(dict(meta, **{"tokenizer.ggml.token_type": ["x"] * len(meta2["tokenizer.ggml.tokens"])}))
+
+
 def test_add_special_follows_gguf_flags():
     meta, ids = synthetic_metadata(**{"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": True})
     tok = Tokenizer.from_metadata(meta)
