@@ -112,6 +112,12 @@ SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
 # ends raw (non-chat) completions with <|endoftext|>, and its generation config stops on both; the
 # same holds for SmolLM2 (EOS <|im_end|>, document end <|endoftext|>). The others are the
 # turn/document ends of other families (Llama 3, Gemma, sentencepiece models).
+#
+# Only *control* tokens count. Qwen's vocabulary has an ordinary token "</s>" (HTML strikethrough);
+# llama.cpp promotes any token spelled like that to an end-of-generation control token, which would
+# cut off generated HTML, so we do not. Nor do we stop on Qwen's repository-level FIM separators
+# (<|fim_pad|>, <|repo_name|>, <|file_sep|>; llama.cpp does): they never end a chat turn, and a
+# FIM caller that wants to stop at the next file can add them to its stop set.
 _END_OF_GENERATION_TEXTS = frozenset(
     {
         "<|im_end|>",
