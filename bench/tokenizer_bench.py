@@ -31,17 +31,10 @@ PROSE = (
 
 
 def read_metadata(path: str) -> dict:
-    try:
-        from metallic_native import GGUFFile
-    except ImportError:
-        GGUFFile = None
-    if GGUFFile is not None:
-        with GGUFFile(path) as f:
-            return dict(f.metadata)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "text"))
-    from conftest import _read_metadata_with_gguf_package  # same conversion as GGUFFile
+    from text_metadata import read_metadata as read  # GGUFFile, or the gguf package without _core
 
-    return _read_metadata_with_gguf_package(path)
+    return read(path)
 
 
 def sample_text(limit: int = 1_000_000) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from text_metadata import read_metadata
+
 MODELS_DIR = Path(os.environ.get("METALLIC_MODELS_DIR", "~/.cache/metallic_native/models")).expanduser()
 FIXTURES_DIR = Path(os.environ.get("METALLIC_FIXTURES_DIR", Path(__file__).resolve().parents[1] / "fixtures"))
 
@@ -47,39 +49,7 @@ def model_path(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _read_metadata(path: str) -> dict[str, Any]:
-    try:
-        from metallic_native import GGUFFile
-    except ImportError:
-        GGUFFile = None
-    if GGUFFile is not None:
-        with GGUFFile(path) as f:
-            return dict(f.metadata)
-    # Without the compiled reader (e.g. a pure-Python checkout), read the same values with the
-    # gguf package: string arrays as lists of str, numeric arrays as numpy arrays, as GGUFFile does.
-    return _read_metadata_with_gguf_package(path)
-
-
-def _read_metadata_with_gguf_package(path: str) -> dict[str, Any]:
-    import numpy as np
-    from gguf import GGUFReader, GGUFValueType
-
-    reader = GGUFReader(path)
-    out: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if not field.types:
-            continue
-        kind = field.types[0]
-        if kind == GGUFValueType.ARRAY:
-            if field.types[-1] == GGUFValueType.STRING:
-                out[name] = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-            else:
-                out[name] = np.array([field.parts[i][0] for i in field.data])
-        elif kind == GGUFValueType.STRING:
-            out[name] = bytes(field.parts[field.data[0]]).decode("utf-8")
-        else:
-            value = field.parts[field.data[0]][0]
-            out[name] = bool(value) if kind == GGUFValueType.BOOL else value.item()
-    return out
+    return read_metadata(path)
 
 
 def model_metadata(name: str) -> dict[str, Any]:
