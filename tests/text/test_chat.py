@@ -235,6 +235,11 @@ ESCAPES = [
     "{% set x = namespace() %}{% set x._private = 1 %}",
     "{{ namespace(_a=1) }}",
     "{{ '{0.__class__}'.format(1) }}",
+    "{{ messages | attr('__class__') }}",
+    "{{ (tools or []) | attr('__class__') | attr('__base__') }}",
+    "{{ self._TemplateReference__context }}",
+    "{% for k in joiner.__init__.__globals__ %}{{ k }}{% endfor %}",
+    "{{ range.__globals__ }}",
 ]
 
 
