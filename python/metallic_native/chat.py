@@ -151,8 +151,7 @@ def _plain(value: Any, where: str) -> Any:
     """
     if value is None or type(value) in (str, int, float, bool):
         return value
-    if isinstance(value, bool):
-        return bool(value)
+    # Subclasses (enums, str-like objects) can carry extra methods: strip them to the base type.
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):
