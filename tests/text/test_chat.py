@@ -205,6 +205,18 @@ def test_inputs_must_be_plain_data():
         ChatTemplate("x").render(["hello"])
 
 
+def test_str_subclasses_and_numpy_scalars_become_plain():
+    import enum
+
+    import numpy as np
+
+    class Role(str, enum.Enum):
+        USER = "user"
+
+    tmpl = ChatTemplate("{% for m in messages %}{{ m.role == 'user' }}:{{ m.role }}{% endfor %}|{{ n + 1 }}|{{ flag }}")
+    assert tmpl.render([{"role": Role.USER, "content": "x"}], n=np.int64(41), flag=np.bool_(False)) == "True:user|42|False"
+
+
 def test_template_cannot_mutate_callers_messages():
     msgs = [{"role": "user", "content": "a"}]
     with pytest.raises(ChatTemplateSecurityError):
