@@ -1,4 +1,6 @@
-"""Dot-product kernel throughput per weight type, scalar vs SIMD, on ONE thread.
+"""Dot-product kernel throughput per weight type, scalar vs SIMD, on ONE thread
+(plus a 2-thread column for the SIMD path: rows split in two halves, one
+Python thread each; the kernels release the GIL).
 
 nc = 1 (decode, matrix-vector): a weight matrix of about --mv-mib MiB (larger
 than the caches) times one activation row; reported as GB/s of weight bytes read.
@@ -10,6 +12,7 @@ sum over a 256 MiB int64 array, and a 256 MiB numpy copy).
     python bench/bench_dot.py [--mv-mib 128] [--repeat 5] [--types Q4_K,Q6_K]
 """
 import argparse
+import concurrent.futures
 import os
 import sys
 import time
@@ -31,6 +34,20 @@ def best_time(fn, repeat):
         t0 = time.process_time()
         fn()
         best = min(best, time.process_time() - t0)
+    return best
+
+
+def wall_time_threads(fn_for_half, repeat):
+    """Best wall time of running fn_for_half(0) and fn_for_half(1) on two threads."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        def run():
+            list(pool.map(fn_for_half, (0, 1)))
+        run()
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
     return best
 
 
@@ -56,12 +73,15 @@ def main():
     n = args.n
     print(f"n = {n}; nc=1 weights ~{args.mv_mib} MiB; nc=8 weights ~4 MiB")
     cols = " ".join(f"{i + ' nc=1 GB/s':>16} {i + ' nc=8 GFLOP/s':>19}" for i in isas)
+    simd = isas[-1] if len(isas) > 1 else None
+    if simd:
+        cols += f" {simd + ' 2 thr nc=1 GB/s':>22}"
     print(f"{'type':5} {'B/elem':>7} {cols}")
     for wt in args.types.split(","):
         bs, ts = BLOCK[wt]
         row_bytes = n // bs * ts
         nr_mv = max(1, (args.mv_mib << 20) // row_bytes)
-        nr_mm = max(1, (4 << 20) // row_bytes)
+        nr_mm = min(nr_mv, max(1, (4 << 20) // row_bytes))
         w = random_weights(rng, wt, nr_mv, n)
         x = rng.standard_normal((8, n)).astype(np.float32)
         a1 = quantize_acts(core, x[:1], ACT[wt])
@@ -73,6 +93,11 @@ def main():
             t1 = best_time(lambda: core.dot(w, wt, a1, n, nr_mv, 1, isa=isa), reps)
             t8 = best_time(lambda: core.dot(wm, wt, a8, n, nr_mm, 8, isa=isa), reps)
             out.append(f"{w.nbytes / t1 / 1e9:16.2f} {2 * n * nr_mm * 8 / t8 / 1e9:19.2f}")
+        if simd:
+            half = nr_mv // 2
+            parts = [(w[:half], half), (w[half:], nr_mv - half)]
+            t2 = wall_time_threads(lambda i: core.dot(parts[i][0], wt, a1, n, parts[i][1], 1, isa=simd), args.repeat)
+            out.append(f"{w.nbytes / t2 / 1e9:22.2f}")
         print(f"{wt:5} {ts / bs:7.3f} " + " ".join(out), flush=True)
 
 
