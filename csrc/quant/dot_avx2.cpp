@@ -257,10 +257,17 @@ void k_q45_k(int64_t nb, const W* w, const BlockQ8_K* const* a, const float* con
     __m256 acc[NC];
     for (int c = 0; c < NC; ++c) acc[c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        uint8_t sc[8], mn[8];
-        for (int k = 0; k < 8; ++k) k_scale_min(w[b].scales, k, &sc[k], &mn[k]);
+        // The 8 six-bit scales and mins (see k_scale_min), unpacked four at a
+        // time with 32-bit word operations instead of byte by byte.
+        uint32_t u[3];
+        std::memcpy(u, w[b].scales, 12);
+        const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+        const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+        const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+        const __m128i sc8 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(sc_hi), int(sc_lo)));
+        const __m128i m16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, int(m_hi), int(m_lo)));
+        const __m256i scw = _mm256_set_m128i(sc8, sc8);  // scale k = int16 word k of each lane
         // Minimums as int16, each repeated for the two bsums (16 elements each) of its sub-block.
-        const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)));
         const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
         __m256i sumi[NC];
         for (int c = 0; c < NC; ++c) sumi[c] = _mm256_setzero_si256();
@@ -274,7 +281,9 @@ void k_q45_k(int64_t nb, const W* w, const BlockQ8_K* const* a, const float* con
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16(shr_mask(hb, 2 * cc, 1), 4));
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(shr_mask(hb, 2 * cc + 1, 1), 4));
             }
-            const __m256i s_lo = _mm256_set1_epi16(short(sc[2 * cc])), s_hi = _mm256_set1_epi16(short(sc[2 * cc + 1]));
+            // Broadcast words 2cc and 2cc + 1 of scw (byte shuffle with indices 4cc, 4cc + 1 / + 2, + 3).
+            const __m256i s_lo = _mm256_shuffle_epi8(scw, _mm256_set1_epi16(short(0x0100 + 0x0404 * cc)));
+            const __m256i s_hi = _mm256_shuffle_epi8(scw, _mm256_set1_epi16(short(0x0302 + 0x0404 * cc)));
             for (int c = 0; c < NC; ++c) {
                 const __m256i p_lo = dot_us_scaled(lo, load256(a[c][b].qs + 64 * cc), s_lo);
                 const __m256i p_hi = dot_us_scaled(hi, load256(a[c][b].qs + 64 * cc + 32), s_hi);
