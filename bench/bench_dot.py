@@ -1,6 +1,8 @@
 """Dot-product kernel throughput per weight type, scalar vs SIMD, on ONE thread
-(plus a 2-thread column for the SIMD path: rows split in two halves, one
-Python thread each; the kernels release the GIL).
+plus, for the SIMD path at nc = 1, wall-clock GB/s on 1 thread and on 2 threads
+(rows split in two halves, one Python thread each; the kernels release the GIL).
+The main columns use process CPU time (robust on a shared machine); the wall
+columns include any time other processes take from these cores.
 
 nc = 1 (decode, matrix-vector): a weight matrix of about --mv-mib MiB (larger
 than the caches) times one activation row; reported as GB/s of weight bytes read.
@@ -37,11 +39,11 @@ def best_time(fn, repeat):
     return best
 
 
-def wall_time_threads(fn_for_half, repeat):
-    """Best wall time of running fn_for_half(0) and fn_for_half(1) on two threads."""
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+def wall_time_threads(fn_for_part, parts, repeat):
+    """Best wall time of running fn_for_part(i) for i < parts, one thread each."""
+    with concurrent.futures.ThreadPoolExecutor(parts) as pool:
         def run():
-            list(pool.map(fn_for_half, (0, 1)))
+            list(pool.map(fn_for_part, range(parts)))
         run()
         best = float("inf")
         for _ in range(repeat):
@@ -75,7 +77,7 @@ def main():
     cols = " ".join(f"{i + ' nc=1 GB/s':>16} {i + ' nc=8 GFLOP/s':>19}" for i in isas)
     simd = isas[-1] if len(isas) > 1 else None
     if simd:
-        cols += f" {simd + ' 2 thr nc=1 GB/s':>22}"
+        cols += f" {'wall 1 thr':>10} {'wall 2 thr':>10}"
     print(f"{'type':5} {'B/elem':>7} {cols}")
     for wt in args.types.split(","):
         bs, ts = BLOCK[wt]
@@ -96,8 +98,9 @@ def main():
         if simd:
             half = nr_mv // 2
             parts = [(w[:half], half), (w[half:], nr_mv - half)]
-            t2 = wall_time_threads(lambda i: core.dot(parts[i][0], wt, a1, n, parts[i][1], 1, isa=simd), args.repeat)
-            out.append(f"{w.nbytes / t2 / 1e9:22.2f}")
+            tw1 = wall_time_threads(lambda i: core.dot(w, wt, a1, n, nr_mv, 1, isa=simd), 1, args.repeat)
+            tw2 = wall_time_threads(lambda i: core.dot(parts[i][0], wt, a1, n, parts[i][1], 1, isa=simd), 2, args.repeat)
+            out.append(f"{w.nbytes / tw1 / 1e9:10.2f} {w.nbytes / tw2 / 1e9:10.2f}")
         print(f"{wt:5} {ts / bs:7.3f} " + " ".join(out), flush=True)
 
 
