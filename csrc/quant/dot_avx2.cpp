@@ -55,8 +55,14 @@ inline __m256i dot_ss(__m256i w, __m256i a) {
 inline __m256i dot_us_scaled(__m256i w, __m256i a, __m256i sc) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), sc);
 }
-inline __m256i two_scales(int lo, int hi) {
-    return _mm256_set_m128i(_mm_set1_epi16(short(hi)), _mm_set1_epi16(short(lo)));
+// From 16 int16 scales (sc16, lane i = scale i), the madd operand for sub-blocks
+// k, k + 1 (k even): lanes 0-7 = scale k, lanes 8-15 = scale k + 1. One dword
+// permute (the pair) and one byte shuffle (spread the pair over the two halves).
+inline __m256i pair_scales(__m256i sc16, int k) {
+    const __m256i pair = _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(k / 2));
+    const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    return _mm256_shuffle_epi8(pair, spread);
 }
 
 // ---------------------------------------------------------------------------
@@ -324,7 +330,7 @@ void k_q6_k(int64_t nb, const BlockQ6_K* w, const BlockQ8_K* const* a, const flo
                 const __m256i lo = shr_mask((j & 1) ? ql1 : ql0, 4 * (j >> 1), 0x0F);
                 const __m256i q = _mm256_or_si256(lo, _mm256_slli_epi16(shr_mask(qh, 2 * j, 3), 4));
                 const int k = 8 * h + 2 * j;
-                const __m256i s = two_scales(w[b].scales[k], w[b].scales[k + 1]);
+                const __m256i s = pair_scales(sc16, k);
                 for (int c = 0; c < NC; ++c)
                     sumi[c] = _mm256_add_epi32(sumi[c], dot_us_scaled(q, load256(a[c][b].qs + 128 * h + 32 * j), s));
             }
@@ -346,9 +352,16 @@ void k_q3_k(int64_t nb, const BlockQ3_K* w, const BlockQ8_K* const* a, const flo
     __m256 acc[NC];
     for (int c = 0; c < NC; ++c) acc[c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        alignas(32) int16_t scs[16];
-        for (int k = 0; k < 16; ++k) scs[k] = int16_t(k_scale_q3(w[b].scales, k));
-        const __m256i sc16 = _mm256_load_si256(reinterpret_cast<const __m256i*>(scs));
+        // The 16 six-bit scales (see k_scale_q3), four per 32-bit word op:
+        // low nibbles from bytes 0-7, high 2 bits from bytes 8-11 moved to bits 4-5.
+        uint32_t u[3];
+        std::memcpy(u, w[b].scales, 12);
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u;
+        const __m128i sc8 = _mm_set_epi32(int(((u[1] >> 4) & m4) | ((u[2] >> 2) & m2)),
+                                          int(((u[0] >> 4) & m4) | (u[2] & m2)),
+                                          int((u[1] & m4) | ((u[2] << 2) & m2)),
+                                          int((u[0] & m4) | ((u[2] << 4) & m2)));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_sub_epi8(sc8, _mm_set1_epi8(32)));
         const __m256i hm = load256(w[b].hmask);
         __m256i sumi[NC];
         for (int c = 0; c < NC; ++c) sumi[c] = _mm256_setzero_si256();
@@ -358,7 +371,7 @@ void k_q3_k(int64_t nb, const BlockQ3_K* w, const BlockQ8_K* const* a, const flo
                 const __m256i high = _mm256_slli_epi16(shr_mask(hm, 4 * h + j, 1), 2);
                 const __m256i u = _mm256_add_epi8(shr_mask(qs, 2 * j, 3), high);
                 const int k = 8 * h + 2 * j;
-                const __m256i s = two_scales(scs[k], scs[k + 1]);
+                const __m256i s = pair_scales(sc16, k);
                 for (int c = 0; c < NC; ++c)
                     sumi[c] = _mm256_add_epi32(sumi[c], dot_us_scaled(u, load256(a[c][b].qs + 128 * h + 32 * j), s));
             }
@@ -381,6 +394,7 @@ void k_q2_k(int64_t nb, const BlockQ2_K* w, const BlockQ8_K* const* a, const flo
     for (int64_t b = 0; b < nb; ++b) {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F)));
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0F)));
         __m256i sumi[NC];
         for (int c = 0; c < NC; ++c) sumi[c] = _mm256_setzero_si256();
         for (int h = 0; h < 2; ++h) {
@@ -388,7 +402,7 @@ void k_q2_k(int64_t nb, const BlockQ2_K* w, const BlockQ8_K* const* a, const flo
             for (int j = 0; j < 4; ++j) {
                 const __m256i q = shr_mask(qs, 2 * j, 3);
                 const int k = 8 * h + 2 * j;
-                const __m256i s = two_scales(w[b].scales[k] & 0x0F, w[b].scales[k + 1] & 0x0F);
+                const __m256i s = pair_scales(sc16, k);
                 for (int c = 0; c < NC; ++c)
                     sumi[c] = _mm256_add_epi32(sumi[c], dot_us_scaled(q, load256(a[c][b].qs + 128 * h + 32 * j), s));
             }
