@@ -251,7 +251,24 @@ void bind_gguf(py::module_& m) {
         .def("tensor_infos", &PyGGUFFile::tensor_infos)
         .def("raw", &PyGGUFFile::raw, py::arg("name"))
         .def("dequantize", &PyGGUFFile::dequantize, py::arg("name"), py::arg("isa") = "auto")
-        .def("close", &PyGGUFFile::close);
+        .def("close", &PyGGUFFile::close)
+        // The typed C++ accessors model loaders use (GGUFFile::get_*), exposed
+        // so tests can check their conversions and errors.
+        .def("_typed_get", [](const PyGGUFFile& s, const std::string& key, const std::string& kind) -> py::object {
+            auto f = s.get();
+            if (kind == "int") return py::cast(f->get_int(key));
+            if (kind == "float") return py::cast(f->get_float(key));
+            if (kind == "bool") return py::cast(f->get_bool(key));
+            if (kind == "string") return py::cast(f->get_string(key));
+            if (kind == "string_array") {
+                py::list out;
+                for (std::string_view v : f->get_string_array(key)) out.append(py::bytes(v.data(), v.size()));
+                return std::move(out);
+            }
+            if (kind == "int_array") return py::cast(f->get_int_array(key));
+            if (kind == "float_array") return py::cast(f->get_float_array(key));
+            throw InvalidArgument("unknown kind '" + kind + "'");
+        });
 
     // Native parse only (no Python objects built), for bench/bench_parse.py.
     m.def("_gguf_parse_only", [](const std::string& path) {
