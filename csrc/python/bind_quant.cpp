@@ -25,7 +25,12 @@ TensorType resolve_type(const py::handle& type, const char* param) {
     if (py::isinstance<py::bool_>(type))
         throw InvalidArgument(std::string(param) + ": expected a type name or id, got a bool");
     if (py::isinstance<py::int_>(type)) {
-        const long long id = type.cast<long long>();
+        long long id = -1;
+        try {
+            id = type.cast<long long>();
+        } catch (const py::cast_error&) {  // beyond 64 bits
+            throw InvalidArgument(std::string(param) + ": unknown tensor type id " + std::string(py::str(type)));
+        }
         if (id < 0 || id > 0xffff || !type_traits(uint32_t(id)))
             throw InvalidArgument(std::string(param) + ": unknown tensor type id " + std::to_string(id));
         return TensorType(uint32_t(id));
@@ -177,9 +182,9 @@ py::array_t<float> dot(const py::buffer& w, const py::object& type, const py::bu
     const DotKernel k = get_dot_kernel(t, resolve_isa(isa_name));
     if (!k.fn) throw InvalidArgument(std::string("weight_type: no dot kernel for ") + wt.name);
     const TypeTraits& at = *type_traits(k.act_type);
-    if (n < 0 || n % wt.block_size != 0 || n % at.block_size != 0)
+    if (n < 0 || n > (int64_t(1) << 40) || n % wt.block_size != 0 || n % at.block_size != 0)
         throw InvalidArgument("n: " + std::to_string(n) + " must be a non-negative multiple of the " + wt.name +
-                              " and " + at.name + " block sizes");
+                              " and " + at.name + " block sizes (and below 2^40)");
     if (nr < 0 || nr > (1 << 30)) throw InvalidArgument("nr: out of range: " + std::to_string(nr));
     if (nc < 0 || nc > (1 << 30)) throw InvalidArgument("nc: out of range: " + std::to_string(nc));
     const uint64_t wrb = row_bytes(wt, n), arb = row_bytes(at, n);

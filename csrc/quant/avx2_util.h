@@ -13,10 +13,12 @@ namespace mn::detail {
 
 // 16 packed nibble bytes -> 32 bytes: elements 0..15 (low nibbles) in the low
 // lane, 16..31 (high nibbles) in the high lane: the Q4_x/Q5_x element order.
+// One broadcast load, one per-lane variable shift (0 in the low lane, 4 in the
+// high one) and one mask: 3 uops instead of 5 for the two-halves version.
 inline __m256i unpack_nibbles32(const uint8_t* qs) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    const __m256i sh = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(sh, _mm256_set1_epi8(0x0F));
 }
 
 // Bit i of the little-endian 32-bit word at p -> byte i = 0x10 if set, else 0.
