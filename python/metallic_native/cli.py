@@ -1,5 +1,7 @@
 """The `metallic` command line.
 
+    metallic generate [-m MODEL] PROMPT stream a generated answer (cli_generate.py)
+    metallic chat [-m MODEL]            interactive chat with history (cli_generate.py)
     metallic list                       models in the registry and whether they are cached
     metallic pull [NAME] [--force]      fetch a model into the cache, print its path
     metallic inspect FILE|NAME          metadata and tensor table of a GGUF file
@@ -261,7 +263,9 @@ def _print_inspect(path, part_paths, file_size, version, metadata, tensors, summ
 # --- entry point ---------------------------------------------------------------------
 
 # One registration function per subcommand, in the order `--help` lists them.
-COMMANDS: Sequence[Callable[[Any], None]] = (_add_list, _add_pull, _add_inspect)
+from .cli_generate import add_chat as _add_chat, add_generate as _add_generate  # noqa: E402
+
+COMMANDS: Sequence[Callable[[Any], None]] = (_add_generate, _add_chat, _add_list, _add_pull, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
