@@ -70,8 +70,6 @@ LogitsProcessor = Callable[[Sequence[int], np.ndarray], np.ndarray]
 # Window of recent tokens the penalties look at when the caller gives none (llama.cpp's default).
 DEFAULT_PENALTY_LAST_N = 64
 
-# First candidate-set size tried for top-p before growing it (x4 per round).
-_TOP_P_FIRST_CANDIDATES = 64
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -138,19 +136,14 @@ class Sampler:
     def __call__(self, logits) -> int:
         x = _as_logits(logits)
         if self.greedy:
-            # np.argmax returns the first maximal index, which is the tie rule we promise.
             i = int(np.argmax(x))  # NaN counts as the maximum for argmax, so one check suffices
             v = float(x[i])
             if math.isnan(v) or v == -math.inf:
                 raise ValueError("logits contain NaN or are all -inf; cannot pick a token")
             return i
-        ids, probs = self.distribution(x)
-        if ids.size == 1:
-            return int(ids[0])
-        cdf = np.cumsum(probs)
-        u = self.rng.random() * cdf[-1]
-        j = int(np.searchsorted(cdf, u, side="right"))
-        return int(ids[min(j, ids.size - 1)])
+        ids, w = self._candidates(x)
+        j = _draw(w, self.rng.random()) if w.size > 1 else 0
+        return int(ids[j]) if ids is not None else j
 
     def distribution(self, logits) -> tuple[np.ndarray, np.ndarray]:
         """The distribution this sampler draws from: (ids int64, probs float64), probs summing
@@ -158,74 +151,123 @@ class Sampler:
         x = _as_logits(logits)
         if self.greedy:
             return np.array([int(np.argmax(x))], dtype=np.int64), np.ones(1)
-        n = x.size
+        ids, w = self._candidates(x)
+        if ids is None:
+            ids = np.arange(w.size, dtype=np.int64)
+        p = w.astype(np.float64) / w.sum(dtype=np.float64)
+        order = np.lexsort((ids, -p))
+        return ids[order].astype(np.int64, copy=False), p[order]
+
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(ids, unnormalized weights) of the tokens that survive; ids None means the whole
+        vocabulary in id order. The order is deterministic but not sorted: sampling does not
+        need sorted candidates, and sorting 151,936 entries would cost more than the rest."""
         x_max = float(np.max(x))  # NaN anywhere makes this NaN
         if not math.isfinite(x_max):
             raise ValueError("logits contain NaN or +inf, or are all -inf; cannot sample")
         t = self.temperature
-
-        # 1+2. top-k on the raw logits (dividing by T > 0 keeps the order).
+        n = x.size
         if 0 < self.top_k < n:
+            # top-k on the raw logits (dividing by T > 0 keeps the order); ties at the k-th
+            # value are kept, as transformers does.
             kth = np.partition(x, n - self.top_k)[n - self.top_k]
             ids = np.flatnonzero(x >= kth)
-            vals = x[ids].astype(np.float64)
-            p = np.exp((vals - x_max) / t)
-            p /= p.sum()
-            order = np.lexsort((ids, -p))
-            ids, p = ids[order], p[order]
+            w = np.exp((x[ids].astype(np.float64) - x_max) / t)
             if self.top_p < 1.0:
-                ids, p = _nucleus_sorted(ids, p, self.top_p)
+                order = np.lexsort((ids, -w))
+                ids, w = ids[order], w[order]
+                cum = np.cumsum(w)
+                m = min(int(np.searchsorted(cum, self.top_p * cum[-1], side="left")) + 1, ids.size)
+                ids, w = ids[:m], w[:m]
         else:
-            # Work in float32 over the whole vocabulary (one pass), float64 for the sums.
-            e = np.exp((x - np.float32(x_max)) / np.float32(t), dtype=np.float32)
-            total = float(e.sum(dtype=np.float64))
+            # One float32 pass over the vocabulary; the largest weight is exactly 1.
+            w = np.exp((x - np.float32(x_max)) / np.float32(t), dtype=np.float32)
+            ids = None
             if self.top_p < 1.0:
-                ids, p = _nucleus_full(e, total, self.top_p)
-            else:
-                ids = np.arange(n, dtype=np.int64)
-                p = e.astype(np.float64) / total
-                order = np.lexsort((ids, -p))
-                ids, p = ids[order], p[order]
-        # 4. min-p: relative to the largest probability, which renormalization does not change.
-        if self.min_p > 0.0 and ids.size > 1:
-            keep = p >= self.min_p * p[0]
-            ids, p = ids[keep], p[keep]
-        p = p / p.sum()
-        return ids.astype(np.int64, copy=False), p
+                ids, w = _nucleus(w, self.top_p)
+        # min-p is relative to the largest probability, which renormalization leaves alone.
+        if self.min_p > 0.0 and w.size > 1:
+            keep = np.flatnonzero(w >= self.min_p * w.max())
+            ids = keep if ids is None else ids[keep]
+            w = w[keep]
+        return ids, w
 
     def __repr__(self) -> str:
         return (f"Sampler(temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, "
                 f"min_p={self.min_p}, seed={self.seed})")
 
 
-def _nucleus_sorted(ids: np.ndarray, p: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest prefix of the descending-sorted p whose sum reaches top_p (p sums to 1)."""
-    cum = np.cumsum(p)
-    m = int(np.searchsorted(cum, top_p, side="left")) + 1
-    m = min(m, ids.size)
-    return ids[:m], p[:m]
+# Weights per block in _draw's two-level search.
+_DRAW_BLOCK = 1024
 
 
-def _nucleus_full(e: np.ndarray, total: float, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nucleus over the whole vocabulary without sorting it: take the m most probable tokens
-    (np.argpartition, linear time), and grow m until they cover top_p of the mass."""
-    n = e.size
-    m = min(_TOP_P_FIRST_CANDIDATES, n)
-    while True:
-        if m < n:
-            cand = np.argpartition(e, n - m)[n - m:]
-        else:
-            cand = np.arange(n)
-        pc = e[cand].astype(np.float64) / total
-        order = np.lexsort((cand, -pc))
-        cand, pc = cand[order], pc[order]
-        cum = np.cumsum(pc)
-        # The tokens outside the candidate set are all less probable than the candidates, so
-        # the nucleus is inside the set as soon as the set's mass reaches top_p.
-        if cum[-1] >= top_p or m >= n:
-            k = min(int(np.searchsorted(cum, top_p, side="left")) + 1, cand.size)
-            return cand[:k].astype(np.int64), pc[:k]
-        m = min(m * 4, n)
+def _draw(w: np.ndarray, u: float) -> int:
+    """Index i with probability w[i] / sum(w), for u uniform in [0, 1).
+
+    Large vectors go in two levels (block sums, then a cumulative sum inside one block), which
+    reads w about once instead of building a float64 cumulative sum of the whole vocabulary.
+    """
+    n = w.size
+    if n <= 4 * _DRAW_BLOCK:
+        cdf = np.cumsum(w, dtype=np.float64)
+        return _positive_at_or_before(w, min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), n - 1))
+    nb = n // _DRAW_BLOCK
+    sums = w[:nb * _DRAW_BLOCK].reshape(nb, _DRAW_BLOCK).sum(axis=1, dtype=np.float64)
+    if nb * _DRAW_BLOCK < n:
+        sums = np.append(sums, w[nb * _DRAW_BLOCK:].sum(dtype=np.float64))
+    cdf = np.cumsum(sums)
+    target = u * cdf[-1]
+    blk = _positive_at_or_before(sums, min(int(np.searchsorted(cdf, target, side="right")), sums.size - 1))
+    start = blk * _DRAW_BLOCK
+    seg = w[start:start + _DRAW_BLOCK]
+    inner = np.cumsum(seg, dtype=np.float64)
+    rem = target - (cdf[blk - 1] if blk else 0.0)
+    j = min(int(np.searchsorted(inner, rem, side="right")), seg.size - 1)
+    return start + _positive_at_or_before(seg, j)
+
+
+def _positive_at_or_before(w: np.ndarray, j: int) -> int:
+    """j, or when rounding at the end of a cumulative sum landed on a zero weight, the nearest
+    index with positive weight (never return a token the distribution excludes)."""
+    if w[j] > 0:
+        return j
+    nz = np.flatnonzero(w[:j + 1])
+    return int(nz[-1]) if nz.size else int(np.flatnonzero(w)[0])
+
+
+# Buckets of 1/8 octave of probability for the nucleus search, down to 2**-64 (the last bucket
+# holds everything smaller, including zeros).
+_BUCKETS_PER_OCTAVE = 8
+_N_BUCKETS = _BUCKETS_PER_OCTAVE * 64 + 1
+
+
+def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top-p over the whole vocabulary without sorting it.
+
+    w: weights with maximum 1. Tokens are put in logarithmic buckets (one pass) and the bucket
+    masses accumulated from the most probable bucket down: every bucket before the one where the
+    cumulative mass reaches top_p is kept whole (its tokens all precede the cut in sorted order),
+    and only the tokens of that boundary bucket are sorted to place the cut exactly. The result
+    is the same set as a full sort gives.
+    """
+    with np.errstate(divide="ignore"):
+        level = np.log2(w)
+    level *= -_BUCKETS_PER_OCTAVE
+    np.clip(level, 0, _N_BUCKETS - 1, out=level)  # -log2(0) = inf lands in the last bucket
+    bucket = level.astype(np.int32)
+    mass = np.bincount(bucket, weights=w, minlength=_N_BUCKETS)
+    cum = np.cumsum(mass)
+    target = top_p * cum[-1]
+    b = min(int(np.searchsorted(cum, target, side="left")), _N_BUCKETS - 1)
+    before = float(cum[b - 1]) if b > 0 else 0.0
+    above = np.flatnonzero(bucket < b)
+    edge = np.flatnonzero(bucket == b)
+    we = w[edge].astype(np.float64)
+    order = np.lexsort((edge, -we))
+    edge, we = edge[order], we[order]
+    k = min(int(np.searchsorted(np.cumsum(we), target - before, side="left")) + 1, edge.size)
+    ids = np.concatenate([above, edge[:k]]).astype(np.int64)
+    return ids, np.concatenate([w[above].astype(np.float64), we[:k]])
 
 
 def make_sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,

@@ -76,14 +76,24 @@ def test_distribution_matches_reference(settings, scale, vocab):
     assert got.sum() == pytest.approx(1.0)
 
 
-def test_top_p_on_flat_distribution_grows_candidates():
-    # Nearly flat over 151,936 tokens: the nucleus needs far more than the first 64 candidates.
+def test_top_p_on_flat_distribution():
+    # Nearly flat over 151,936 tokens: the nucleus spans most of the vocabulary.
     rng = np.random.default_rng(5)
     logits = (rng.standard_normal(151_936) * 0.01).astype(np.float32)
     got = dense(make_sampler(temperature=1.0, top_p=0.3).distribution(logits), logits.size)
     want = ref_distribution(logits, 1.0, top_p=0.3)
     assert np.count_nonzero(want) > 10_000
     assert_same_distribution(got, want)
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=0.77), dict(top_p=0.33, min_p=0.3), dict(top_k=7, top_p=0.6)])
+def test_many_ties_match_reference(settings):
+    # Integer logits: large groups of equal probability, so the cut falls inside a tie group and
+    # must take the lowest ids first, as the reference does.
+    rng = np.random.default_rng(17)
+    logits = rng.integers(0, 6, 3000).astype(np.float32)
+    got = dense(make_sampler(temperature=1.0, **settings).distribution(logits), logits.size)
+    assert_same_distribution(got, ref_distribution(logits, 1.0, **settings))
 
 
 def test_top_k_keeps_ties_at_boundary():
@@ -280,3 +290,22 @@ def test_token_logprob_matches_log_softmax():
     for i, v in top:
         assert v == pytest.approx(ref[i], abs=1e-4)
     assert np.exp(ref).sum() == pytest.approx(1.0)
+
+
+def test_draw_two_level_matches_distribution_and_skips_zero_weights():
+    from metallic_native.sampling import _draw
+    rng = np.random.default_rng(21)
+    w = np.zeros(10_000, dtype=np.float32)
+    hot = np.array([3, 1500, 1501, 4095, 9999])
+    w[hot] = [1.0, 0.5, 0.25, 2.0, 0.25]
+    counts = {}
+    n = 4000
+    for _ in range(n):
+        i = _draw(w, rng.random())
+        counts[i] = counts.get(i, 0) + 1
+    assert set(counts) <= set(hot.tolist())
+    p = w[hot] / w.sum()
+    for i, q in zip(hot, p):
+        assert abs(counts.get(int(i), 0) - n * q) < 5 * math.sqrt(n * q * (1 - q)) + 1
+    # the extreme ends of u still land on positive weights
+    assert _draw(w, 0.0) == 3 and _draw(w, np.nextafter(1.0, 0.0)) == 9999
