@@ -284,10 +284,10 @@ def _check_max_tokens(max_tokens) -> int | None:
     return _check_int("max_tokens", max_tokens, lo=1, allow_none=True)
 
 
-def _check_top_logprobs(n) -> int:
-    n = _check_int("top_logprobs", 0 if n is None else n, lo=0)
+def _check_top_logprobs(n, name: str = "top_logprobs") -> int:
+    n = _check_int(name, 0 if n is None else n, lo=0)
     if n > MAX_TOP_LOGPROBS:
-        raise ValueError(f"top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {n}")
+        raise ValueError(f"{name} must be <= {MAX_TOP_LOGPROBS}, got {n}")
     return n
 
 
@@ -296,12 +296,12 @@ def generate_stream(engine, prompt_tokens: Sequence[int], *, decoder, eot_ids: I
                     sampler: Callable[[np.ndarray], int] | None = None,
                     processors: Sequence[Callable] = (), top_logprobs: int = 0,
                     cache: PrefixCache | None = None,
-                    prefilled: tuple[np.ndarray, int] | None = None) -> Iterator[GenerationResponse]:
+                    prefilled: tuple[np.ndarray, int, float] | None = None) -> Iterator[GenerationResponse]:
     """Validates now, then returns an iterator of one GenerationResponse per generated token.
 
     engine: eval/n_past/n_ctx/truncate/reset. decoder: a fresh IncrementalDecoder (add/flush).
     cache: the PrefixCache of this engine (a throwaway one when None). prefilled: (logits,
-    n evaluated) when the caller already put the prompt into the cache.
+    n evaluated, seconds it took) when the caller already put the prompt into the cache.
     """
     prompt = [int(t) for t in prompt_tokens]
     if not prompt:
@@ -324,10 +324,12 @@ def _generate(engine, prompt, decoder, eot_ids, max_tokens, matcher, sampler, pr
     t0 = time.perf_counter()
     if prefilled is None:
         logits, n_eval = cache.prefill(engine, prompt)
+        t1 = time.perf_counter()
+        prefill_s = t1 - t0
     else:
-        logits, n_eval = prefilled
-    t1 = time.perf_counter()
-    prompt_tps = n_eval / (t1 - t0) if t1 > t0 else math.inf
+        logits, n_eval, prefill_s = prefilled
+        t1 = time.perf_counter()
+    prompt_tps = n_eval / prefill_s if prefill_s > 0 else math.inf
     history = list(prompt)
     n_gen = 0
     decoded_chars = 0  # characters the decoder has produced so far
@@ -559,7 +561,7 @@ class GenerationMixin:
         prompt text (and, with logprobs, the prompt tokens' logprobs; the first is None, and the
         prompt is then evaluated in full, without prefix reuse).
         """
-        n_top = None if logprobs is None else _check_top_logprobs(logprobs)
+        n_top = None if logprobs is None else _check_top_logprobs(logprobs, "logprobs")
         if not isinstance(echo, bool):
             raise ValueError(f"echo must be a bool, got {echo!r}")
         prompt_toks = self._prompt_tokens(prompt)
@@ -568,8 +570,9 @@ class GenerationMixin:
         if echo and n_top is not None:
             if len(prompt_toks) > self.n_ctx:
                 raise ValueError(f"prompt has {len(prompt_toks)} tokens, more than the context n_ctx={self.n_ctx}")
+            t0 = time.perf_counter()
             last, n_eval, rows = self._prefix_cache.prefill_all_logits(self, prompt_toks)
-            prefilled = (last, n_eval)
+            prefilled = (last, n_eval, time.perf_counter() - t0)
             prompt_lp = self._prompt_logprobs(prompt_toks, rows, n_top)
         it = self._recorded(self._stream_tokens(
             prompt_toks, max_tokens=max_tokens, stop=stop, temperature=temperature, top_k=top_k, top_p=top_p,

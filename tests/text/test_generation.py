@@ -353,8 +353,12 @@ def test_invalid_openai_parameters():
         m.create_chat_completion(msgs, top_logprobs=2)
     with pytest.raises(ValueError, match="logprobs"):
         m.create_chat_completion(msgs, logprobs=3)
-    with pytest.raises(ValueError, match="logprobs"):
+    with pytest.raises(ValueError, match="^logprobs"):
         m.create_completion("x", logprobs=50)
+    with pytest.raises(ValueError, match="^logprobs"):
+        m.create_completion("x", logprobs=True)
+    with pytest.raises(ValueError, match="echo"):
+        m.create_completion("x", echo=1)
     with pytest.raises(ValueError, match="messages"):
         m.chat([])
     with pytest.raises(ValueError, match="prompt token"):

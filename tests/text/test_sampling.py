@@ -309,3 +309,14 @@ def test_draw_two_level_matches_distribution_and_skips_zero_weights():
         assert abs(counts.get(int(i), 0) - n * q) < 5 * math.sqrt(n * q * (1 - q)) + 1
     # the extreme ends of u still land on positive weights
     assert _draw(w, 0.0) == 3 and _draw(w, np.nextafter(1.0, 0.0)) == 9999
+
+
+@pytest.mark.parametrize("n,k", [(151_936, 40), (151_936, 1), (5000, 40), (100, 7), (10, 10), (10, 20)])
+def test_top_k_ids_matches_sort(n, k):
+    from metallic_native.sampling import top_k_ids
+    rng = np.random.default_rng(n + k)
+    for x in (rng.standard_normal(n).astype(np.float32),
+              rng.integers(0, 50, n).astype(np.float32),  # many ties
+              np.sort(rng.standard_normal(n)).astype(np.float32)):  # the largest all at the end
+        kth = np.sort(x)[::-1][min(k, n) - 1]
+        assert top_k_ids(x, k).tolist() == np.flatnonzero(x >= kth).tolist()
