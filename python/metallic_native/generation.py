@@ -43,7 +43,7 @@ Text and stopping
 
 * Tokens are decoded with the tokenizer's IncrementalDecoder, so a piece never contains half a
   UTF-8 character: a token that ends inside a character yields "" until the character is
-  complete.
+  complete. When generation ends inside a character, its bytes are dropped (no U+FFFD).
 * Stop strings are matched on the decoded text, also across token boundaries. Text that could be
   the start of a stop string is held back and released as soon as it cannot be; the stop string
   itself and anything after it are never emitted. finish_reason "stop".
@@ -342,11 +342,10 @@ def _generate(engine, prompt, decoder, eot_ids, max_tokens, matcher, sampler, pr
         offset = decoded_chars
         finish = None
         if tok in eot_ids:
-            tail = decoder.flush()
-            decoded_chars += len(tail)
-            text, stopped = matcher.push(tail)
-            if not stopped:
-                text += matcher.flush()
+            # Bytes of a character the generation never finished are dropped, not emitted as
+            # U+FFFD: the output ends at the last whole character.
+            decoder.flush()
+            text = matcher.flush()
             finish = "stop"
         else:
             piece = decoder.add(tok)
@@ -355,16 +354,11 @@ def _generate(engine, prompt, decoder, eot_ids, max_tokens, matcher, sampler, pr
             if stopped:
                 finish = "stop"
             elif (max_tokens is not None and n_gen >= max_tokens) or engine.n_past >= engine.n_ctx:
-                # Out of budget or of cache room: release everything that is not a stop.
-                tail = decoder.flush()
-                decoded_chars += len(tail)
-                more, stopped = matcher.push(tail)
-                text += more
-                if stopped:
-                    finish = "stop"
-                else:
-                    text += matcher.flush()
-                    finish = "length"
+                # Out of budget or of cache room: release the held-back text (it was not a
+                # stop) and drop the bytes of an unfinished character, as above.
+                decoder.flush()
+                text += matcher.flush()
+                finish = "length"
         now = time.perf_counter()
         yield GenerationResponse(
             text=text, token=tok, logprob=lp, finish_reason=finish, prompt_tokens=len(prompt),

@@ -146,6 +146,19 @@ def script_logits(script: str):
     return fn
 
 
+def script_logits_bytes(data):
+    """Like script_logits, from raw byte values (which need not be valid UTF-8)."""
+    m = len(ASSISTANT)
+
+    def fn(kv):
+        start = max((i + m for i in range(len(kv) - m + 1) if kv[i:i + m] == ASSISTANT), default=len(kv))
+        k = len(kv) - start
+        out = np.zeros(VOCAB, dtype=np.float32)
+        out[data[k] if k < len(data) else IM_END] = 5.0
+        return out
+    return fn
+
+
 def bigram_table(seed=0, scale=2.0, ban_eot=True):
     rng = np.random.default_rng(seed)
     table = (rng.standard_normal((VOCAB, VOCAB)) * scale).astype(np.float32)
@@ -187,6 +200,19 @@ def test_no_broken_characters_with_emoji_and_cjk():
     assert [r.token for r in rs[:-1]] == list(script.encode())
     assert rs[-1].token == IM_END and rs[-1].finish_reason == "stop" and rs[-1].text == ""
     assert rs[-1].generation_tokens == len(script.encode()) + 1
+
+
+@pytest.mark.parametrize("max_tokens", [3, 4, 5])
+def test_length_inside_a_character_drops_its_bytes(max_tokens):
+    m = FakeModel(script_logits("ab😀c"))
+    rs = list(m.stream(PROMPT, max_tokens=max_tokens, temperature=0))
+    assert "".join(r.text for r in rs) == "ab" and rs[-1].finish_reason == "length"
+
+
+def test_eot_inside_a_character_drops_its_bytes():
+    m = FakeModel(script_logits_bytes([ord("x"), 0xE4, 0xB8]))  # "x" + 2 of the 3 bytes of "世"
+    assert m.generate(PROMPT, max_tokens=10, temperature=0) == "x"
+    assert m.last_response.finish_reason == "stop"
 
 
 def test_generation_response_fields():
