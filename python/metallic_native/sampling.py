@@ -174,14 +174,18 @@ class Sampler:
             ids = top_k_ids(x, self.top_k)
             w = np.exp((x[ids].astype(np.float64) - x_max) / t)
             if self.top_p < 1.0:
-                order = np.lexsort((ids, -w))
+                order = np.argsort(-w, kind="stable")  # ids ascending: ties stay in id order
                 ids, w = ids[order], w[order]
                 cum = np.cumsum(w)
                 m = min(int(np.searchsorted(cum, self.top_p * cum[-1], side="left")) + 1, ids.size)
                 ids, w = ids[:m], w[:m]
         else:
             # One float32 pass over the vocabulary; the largest weight is exactly 1.
-            w = np.exp((x - np.float32(x_max)) / np.float32(t), dtype=np.float32)
+            # In place: one 600 KB buffer instead of three temporaries per token.
+            w = np.subtract(x, np.float32(x_max), dtype=np.float32)
+            if t != 1.0:
+                w *= np.float32(1.0 / t)
+            np.exp(w, out=w)
             ids = None
             if self.top_p < 1.0:
                 ids, w = _nucleus(w, self.top_p)
@@ -264,6 +268,12 @@ def _positive_at_or_before(w: np.ndarray, j: int) -> int:
 # holds everything smaller, including zeros).
 _BUCKETS_PER_OCTAVE = 8
 _N_BUCKETS = _BUCKETS_PER_OCTAVE * 64 + 1
+# A lower bound of the weights in each bucket (slightly below 2**(-(j+1)/8) to absorb log2
+# rounding); 0 for the last bucket, which also holds zero weights.
+_BUCKET_FLOOR = 2.0 ** (-(np.arange(_N_BUCKETS) + 1.01) / _BUCKETS_PER_OCTAVE)
+_BUCKET_FLOOR[-1] = 0.0
+# Tokens of the most probable buckets whose exact mass _nucleus checks first.
+_NUCLEUS_FIRST_TRY = 4096
 
 
 def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
@@ -277,18 +287,33 @@ def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
     """
     with np.errstate(divide="ignore"):
         level = np.log2(w)
-    level *= -_BUCKETS_PER_OCTAVE
+    level *= np.float32(-_BUCKETS_PER_OCTAVE)
     np.clip(level, 0, _N_BUCKETS - 1, out=level)  # -log2(0) = inf lands in the last bucket
     bucket = level.astype(np.int32)
-    mass = np.bincount(bucket, weights=w, minlength=_N_BUCKETS)
-    cum = np.cumsum(mass)
-    target = top_p * cum[-1]
-    b = min(int(np.searchsorted(cum, target, side="left")), _N_BUCKETS - 1)
+    target = top_p * float(w.sum(dtype=np.float64))
+    # Weighted bincount is slow (it converts every weight to float64), so first bound the cut
+    # with plain counts: every weight in bucket j exceeds 2**(-(j+1)/8) (the last bucket may hold
+    # zeros), so once those lower bounds add up to the target, the cut lies at or before that
+    # bucket, and later buckets need no weights at all.
+    # The bounds are loose by up to 9% per bucket, so first try the few most probable buckets
+    # (up to _NUCLEUS_FIRST_TRY tokens) with exact weights; a concentrated distribution's
+    # nucleus is usually inside them.
+    counts = np.bincount(bucket, minlength=_N_BUCKETS)
+    lower = counts * _BUCKET_FLOOR
+    b_hi = min(int(np.searchsorted(np.cumsum(lower), target, side="left")), _N_BUCKETS - 1)
+    b_try = min(int(np.searchsorted(np.cumsum(counts), _NUCLEUS_FIRST_TRY, side="right")) - 1, b_hi)
+    for limit in ((b_try, b_hi) if 0 <= b_try < b_hi else (b_hi,)):
+        sub = np.flatnonzero(bucket <= limit) if limit < _N_BUCKETS - 1 else np.arange(w.size)
+        sub_bucket = bucket[sub]
+        cum = np.cumsum(np.bincount(sub_bucket, weights=w[sub], minlength=limit + 1))
+        if cum[-1] >= target or limit == b_hi:
+            break
+    b = min(int(np.searchsorted(cum, target, side="left")), limit)
     before = float(cum[b - 1]) if b > 0 else 0.0
-    above = np.flatnonzero(bucket < b)
-    edge = np.flatnonzero(bucket == b)
+    above = sub[sub_bucket < b]
+    edge = sub[sub_bucket == b]
     we = w[edge].astype(np.float64)
-    order = np.lexsort((edge, -we))
+    order = np.argsort(-we, kind="stable")  # edge ascending: ties stay in id order
     edge, we = edge[order], we[order]
     k = min(int(np.searchsorted(np.cumsum(we), target - before, side="left")) + 1, edge.size)
     ids = np.concatenate([above, edge[:k]]).astype(np.int64)
@@ -432,11 +457,13 @@ def token_logprob(logits, token: int, top_n: int = 0) -> tuple[float, list[tuple
     without materializing the whole log-softmax in float64 (cost: two passes + a partition)."""
     x = _as_logits(logits)
     m = float(np.max(x))
-    lse = m + math.log(float(np.exp(x - np.float32(m), dtype=np.float32).sum(dtype=np.float64)))
+    e = np.subtract(x, np.float32(m), dtype=np.float32)
+    np.exp(e, out=e)
+    lse = m + math.log(float(e.sum(dtype=np.float64)))
     lp = float(x[token]) - lse
     top: list[tuple[int, float]] = []
     if top_n > 0:
         cand = top_k_ids(x, min(top_n, x.size))
-        cand = cand[np.lexsort((cand, -x[cand]))][:top_n]
+        cand = cand[np.argsort(-x[cand], kind="stable")][:top_n]  # cand ascending
         top = [(int(i), float(x[i]) - lse) for i in cand]
     return lp, top
