@@ -68,20 +68,17 @@ drops its record whenever ``n_past`` disagrees with it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-import resource
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .sampling import (DEFAULT_PENALTY_LAST_N, Sampler, _check_int, apply_logits_processors,
+from .sampling import (DEFAULT_PENALTY_LAST_N, _check_int, apply_logits_processors,
                        make_logits_processors, make_sampler, token_logprob)
 
 DEFAULT_MAX_TOKENS = 256
@@ -130,7 +127,11 @@ class GenerationResponse:
     text_offset: int = 0
 
 
-def _peak_memory_gb() -> float:
+def _peak_memory_gb() -> float | None:
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9
@@ -591,14 +592,12 @@ class GenerationMixin:
                 ledger = _TokenLedger(eot)
                 if echo:
                     yield chunk(prompt_text, None, prompt_lp if n_top is not None else None)
-                emitted = 0
                 for r in it:
                     toks = ledger.add(r)
                     lp = None if n_top is None else _completion_logprobs(self.tokenizer, toks, base)
                     if r.text:
                         yield chunk(r.text, None, lp)
                         lp = None if n_top is None else _completion_logprobs(self.tokenizer, [], base)
-                    emitted += len(r.text)
                     if r.finish_reason is not None:
                         yield chunk("", r.finish_reason, lp,
                                     _usage(r.prompt_tokens, r.generation_tokens, r.prompt_tokens_evaluated))

@@ -6,7 +6,6 @@ so these tests need neither the native engine nor a model file.
 """
 
 import codecs
-import math
 import re
 
 import numpy as np
