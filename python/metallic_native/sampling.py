@@ -154,7 +154,8 @@ class Sampler:
             return np.array([int(np.argmax(x))], dtype=np.int64), np.ones(1)
         ids, w = self._candidates(x)
         if ids is None:
-            ids = np.arange(w.size, dtype=np.int64)
+            ids = np.flatnonzero(w > 0)  # zero weights are tokens the nucleus excluded
+            w = w[ids]
         p = w.astype(np.float64) / w.sum(dtype=np.float64)
         order = np.lexsort((ids, -p))
         return ids[order].astype(np.int64, copy=False), p[order]
@@ -276,14 +277,15 @@ _BUCKET_FLOOR[-1] = 0.0
 _NUCLEUS_FIRST_TRY = 4096
 
 
-def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray | None, np.ndarray]:
     """Top-p over the whole vocabulary without sorting it.
 
     w: weights with maximum 1. Tokens are put in logarithmic buckets (one pass) and the bucket
     masses accumulated from the most probable bucket down: every bucket before the one where the
     cumulative mass reaches top_p is kept whole (its tokens all precede the cut in sorted order),
     and only the tokens of that boundary bucket are sorted to place the cut exactly. The result
-    is the same set as a full sort gives.
+    is the same set as a full sort gives: (ids, weights), or (None, w with the excluded weights
+    set to 0) when the nucleus is wide.
     """
     with np.errstate(divide="ignore"):
         level = np.log2(w)
@@ -310,12 +312,18 @@ def _nucleus(w: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
             break
     b = min(int(np.searchsorted(cum, target, side="left")), limit)
     before = float(cum[b - 1]) if b > 0 else 0.0
-    above = sub[sub_bucket < b]
     edge = sub[sub_bucket == b]
     we = w[edge].astype(np.float64)
     order = np.argsort(-we, kind="stable")  # edge ascending: ties stay in id order
     edge, we = edge[order], we[order]
     k = min(int(np.searchsorted(np.cumsum(we), target - before, side="left")) + 1, edge.size)
+    if sub.size > _NUCLEUS_FIRST_TRY:
+        # A wide nucleus: cheaper to zero the excluded weights in place (w is the caller's own
+        # buffer) than to gather index arrays of most of the vocabulary.
+        w[bucket > b] = 0.0
+        w[edge[k:]] = 0.0
+        return None, w
+    above = sub[sub_bucket < b]
     ids = np.concatenate([above, edge[:k]]).astype(np.int64)
     return ids, np.concatenate([w[above].astype(np.float64), we[:k]])
 

@@ -320,3 +320,14 @@ def test_top_k_ids_matches_sort(n, k):
               np.sort(rng.standard_normal(n)).astype(np.float32)):  # the largest all at the end
         kth = np.sort(x)[::-1][min(k, n) - 1]
         assert top_k_ids(x, k).tolist() == np.flatnonzero(x >= kth).tolist()
+
+
+def test_wide_nucleus_draws_only_nucleus_tokens():
+    rng = np.random.default_rng(23)
+    logits = (rng.standard_normal(151_936) * 0.3).astype(np.float32)
+    want = ref_distribution(logits, 0.9, top_p=0.4)
+    assert np.count_nonzero(want) > 20_000  # the in-place (masked) nucleus path
+    s = make_sampler(temperature=0.9, top_p=0.4, seed=4)
+    drawn = [s(logits) for _ in range(300)]
+    assert all(want[t] > 0 for t in drawn)
+    assert np.array_equal(logits, (np.random.default_rng(23).standard_normal(151_936) * 0.3).astype(np.float32))
