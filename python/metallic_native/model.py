@@ -8,9 +8,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import _core
+from .generation import GenerationMixin
 
 
-class Model:
+class Model(GenerationMixin):
     """A GGUF model loaded for inference.
 
     Model(path_or_name, n_ctx=None, n_threads=None, backend="auto")
@@ -24,6 +25,9 @@ class Model:
     kv_type: "f16" (default) or "f32" storage for the KV cache.
     isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
     max_batch: prompt tokens processed per prefill chunk.
+
+    Text generation (generate, stream, chat, create_completion,
+    create_chat_completion) comes from GenerationMixin (generation.py).
 
     The native work of eval() runs with the GIL released. One call runs at a
     time per Model; use one Model per thread for parallel work.
