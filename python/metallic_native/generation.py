@@ -447,6 +447,16 @@ class GenerationMixin:
         from .tokenizer import IncrementalDecoder
         return IncrementalDecoder(self.tokenizer)
 
+    def _generation_engine(self):
+        """What generation evaluates tokens with (eval, truncate, reset, n_past, n_ctx). A class
+        whose public eval/truncate/reset also forget the prefix record returns a lower-level
+        handle here, so generation's own calls do not erase the record they maintain."""
+        return self
+
+    def _forget_prefix_record(self) -> None:
+        """Forgets which tokens the cache holds (the cache itself is left alone)."""
+        self._prefix_cache.tokens = []
+
     @property
     def _prefix_cache(self) -> PrefixCache:
         pc = self.__dict__.get("_prefix_cache_obj")
@@ -462,7 +472,7 @@ class GenerationMixin:
 
     def invalidate_prefix_cache(self) -> None:
         """Empties the KV cache and forgets what it held."""
-        self._prefix_cache.invalidate(self)
+        self._prefix_cache.invalidate(self._generation_engine())
 
     def _model_name(self) -> str:
         name = getattr(self, "model_name", None)
@@ -506,7 +516,7 @@ class GenerationMixin:
         settings = SamplingSettings(temperature, top_k, top_p, min_p, seed, repetition_penalty,
                                     presence_penalty, frequency_penalty, penalty_last_n, logit_bias)
         sampler, procs = settings.make(getattr(self, "n_vocab", None))
-        return generate_stream(self, prompt_tokens, decoder=self._new_decoder(),
+        return generate_stream(self._generation_engine(), prompt_tokens, decoder=self._new_decoder(),
                                eot_ids=getattr(self.tokenizer, "eot_ids", ()), max_tokens=max_tokens,
                                stop=stop, sampler=sampler, processors=procs, top_logprobs=top_logprobs,
                                cache=self._prefix_cache, prefilled=prefilled)
@@ -566,7 +576,7 @@ class GenerationMixin:
             if len(prompt_toks) > self.n_ctx:
                 raise ValueError(f"prompt has {len(prompt_toks)} tokens, more than the context n_ctx={self.n_ctx}")
             t0 = time.perf_counter()
-            last, n_eval, rows = self._prefix_cache.prefill_all_logits(self, prompt_toks)
+            last, n_eval, rows = self._prefix_cache.prefill_all_logits(self._generation_engine(), prompt_toks)
             prefilled = (last, n_eval, time.perf_counter() - t0)
             prompt_lp = self._prompt_logprobs(prompt_toks, rows, n_top)
         it = self._recorded(self._stream_tokens(

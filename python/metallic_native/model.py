@@ -118,11 +118,18 @@ class Model(GenerationMixin):
 
     def reset(self) -> None:
         """Empties the KV cache."""
+        self._forget_prefix_record()
         self._native.reset()
 
     def truncate(self, n: int) -> None:
         """Keeps the first n cached tokens and forgets the rest (for prefix reuse)."""
+        self._forget_prefix_record()
         self._native.truncate(int(n))
+
+    def _generation_engine(self):
+        # Generation drives the native handle directly: the public eval/truncate/reset
+        # forget generation's record of the cache, since they change it behind its back.
+        return self._native
 
     # ---- compute -----------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int] | np.ndarray, *, all_logits: bool = False,
@@ -141,6 +148,7 @@ class Model(GenerationMixin):
             raise ValueError("tokens is empty")
         if arr.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        self._forget_prefix_record()
         return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden)
 
     # ---- lifetime ----------------------------------------------------------------------------
