@@ -4,7 +4,7 @@
 // Build after `pip install .` (which leaves the static core library in build/):
 //   g++ -O2 -std=c++17 -march=native -Icsrc bench/dot_microbench.cpp \
 //       $(find build/cp311* -name libmetallic_core.a | head -1) -o /tmp/dot_microbench -lpthread
-//   /tmp/dot_microbench [scalar|avx2|neon]
+//   /tmp/dot_microbench [scalar|avx2|neon|auto] [n = 4096, a multiple of 256]
 // Prints TSC ticks per weight block per activation row and the implied GB/s of
 // weight bytes (nc = 1) and GFLOP/s (nc = 4, 8) at the measured TSC rate.
 #include <x86intrin.h>
@@ -30,12 +30,12 @@ int main(int argc, char** argv) {
     }
     const double tsc_hz = double(__rdtsc() - c0) /
                           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("isa %s, TSC %.3f GHz, n = 4096, 48 weight rows (cache-resident)\n", isa_name(isa), tsc_hz / 1e9);
+    std::printf("isa %s, TSC %.3f GHz, 48 weight rows (cache-resident)\n", isa_name(isa), tsc_hz / 1e9);
     const TensorType types[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1,
                                 TensorType::Q8_0, TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K,
                                 TensorType::Q5_K, TensorType::Q6_K, TensorType::F32,  TensorType::F16,
                                 TensorType::BF16};
-    const int64_t n = 4096;
+    const int64_t n = argc > 2 ? std::stoll(argv[2]) : 4096;  // a multiple of 256
     const int nr = 48;
     std::mt19937 rng(1);
     std::printf("%-5s %14s %12s %14s %14s\n", "type", "ticks/blk nc1", "nc=1 GB/s", "nc=4 GFLOP/s", "nc=8 GFLOP/s");
