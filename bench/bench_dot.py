@@ -12,6 +12,9 @@ The machine's single-thread read bandwidth is measured in the same run (numpy
 sum over a 256 MiB int64 array, and a 256 MiB numpy copy).
 
     python bench/bench_dot.py [--mv-mib 128] [--repeat 5] [--types Q4_K,Q6_K]
+    python bench/bench_dot.py --model ~/.cache/metallic_native/models/X.gguf
+        one decode step's matrix-vector products: every 2-D tensor of the model
+        (token_embd included, as the tied output head) times one activation row.
 """
 import argparse
 import concurrent.futures
@@ -53,14 +56,47 @@ def wall_time_threads(fn_for_part, parts, repeat):
     return best
 
 
+def bench_model(core, path, repeat):
+    from gguf import GGUFReader
+    reader = GGUFReader(path)
+    rng = np.random.default_rng(0)
+    jobs = []
+    for t in reader.tensors:
+        wt = t.tensor_type.name
+        if len(t.shape) != 2 or wt not in ACT:
+            continue
+        n, nr = int(t.shape[0]), int(t.shape[1])
+        w = np.asarray(t.data).view(np.uint8).reshape(-1)
+        a = quantize_acts(core, rng.standard_normal((1, n)).astype(np.float32), ACT[wt])
+        jobs.append((t.name, wt, w, a, n, nr))
+    isa = core.best_isa()
+    by_type = {}
+    for name, wt, w, a, n, nr in jobs:
+        t = best_time(lambda: core.dot(w, wt, a, n, nr, 1, isa=isa), repeat)
+        tot = by_type.setdefault(wt, [0, 0.0])
+        tot[0] += w.nbytes
+        tot[1] += t
+    total_b = sum(v[0] for v in by_type.values())
+    total_t = sum(v[1] for v in by_type.values())
+    print(f"{os.path.basename(path)}: one decode step's matvecs on 1 thread ({isa}), CPU time")
+    for wt, (b, t) in sorted(by_type.items()):
+        print(f"  {wt:5} {b / 2**20:8.1f} MiB  {t * 1e3:8.2f} ms  {b / t / 1e9:6.2f} GB/s")
+    print(f"  total {total_b / 2**20:8.1f} MiB  {total_t * 1e3:8.2f} ms  {total_b / total_t / 1e9:6.2f} GB/s"
+          f"  -> at most {1 / total_t:.1f} tokens/s from matvecs alone")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="time every 2-D tensor of this GGUF file at nc=1 instead")
     ap.add_argument("--mv-mib", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--types", default=",".join(WEIGHT_TYPES))
     ap.add_argument("--n", type=int, default=4096)
     args = ap.parse_args()
     core = _load_core()
+    if args.model:
+        bench_model(core, os.path.expanduser(args.model), args.repeat)
+        return
     isas = ["scalar"] + [i for i in ("avx2", "neon") if core.isa_available(i)]
     rng = np.random.default_rng(0)
 

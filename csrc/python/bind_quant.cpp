@@ -161,8 +161,6 @@ py::buffer_info contiguous_bytes(const py::buffer& buf, const char* param, uint6
     return info;
 }
 
-uint64_t row_bytes(const TypeTraits& tt, int64_t n) { return uint64_t(n / tt.block_size) * tt.type_size; }
-
 py::dict dot_info(const py::object& type, const std::string& isa_name) {
     const TensorType t = resolve_type(type, "weight_type");
     const DotKernel k = get_dot_kernel(t, resolve_isa(isa_name));

@@ -22,6 +22,15 @@ inline __m256i unpack_nibbles32(const uint8_t* qs) {
 }
 
 // Bit i of the little-endian 32-bit word at p -> byte i = 0x10 if set, else 0.
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+// Native builds on an AVX-512 CPU (-march=native defines these for every file):
+// the 32 bits are a byte mask register already. Portable builds take the branch below.
+inline __m256i expand_bits_0x10(const uint8_t* p) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    return _mm256_maskz_mov_epi8(__mmask32(bits), _mm256_set1_epi8(0x10));
+}
+#else
 inline __m256i expand_bits_0x10(const uint8_t* p) {
     uint32_t bits;
     std::memcpy(&bits, p, 4);
@@ -32,6 +41,7 @@ inline __m256i expand_bits_0x10(const uint8_t* p) {
     v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
+#endif
 
 // Byte-wise (v >> shift) & mask, shifting 16-bit lanes (the mask drops the bits
 // that crossed from the neighbour byte).
