@@ -2,7 +2,7 @@
 
     python tests/gguf/make_seeds.py
 
-Seeds: the synthetic files of synth.py (every metadata type, nested arrays,
+Seeds: the synthetic files of gguf_synth.py (every metadata type, nested arrays,
 v2, custom alignment, split parts), the real models' metadata re-written with
 arrays cut to 64 entries and their tensor infos (all names and types) with
 one-block tensors so the file parses completely, and the first 64 KiB of each
@@ -23,7 +23,7 @@ from gguf import GGUFValueType as VT
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import synth  # noqa: E402
+import gguf_synth as synth  # noqa: E402
 
 MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
 REAL = ["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "smollm2-135m-instruct-q4_1.gguf"]

@@ -8,6 +8,7 @@ found by walking the file with the small layout helpers below.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -16,6 +17,23 @@ import numpy as np
 import gguf
 from gguf import GGUFValueType as VT
 from gguf import GGMLQuantizationType as QT
+
+MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
+REAL_MODELS = {
+    "qwen2.5-coder-0.5b-instruct-q4_k_m": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "smollm2-135m-instruct-q4_1": "smollm2-135m-instruct-q4_1.gguf",
+}
+
+
+def real_model_path(key: str) -> Path:
+    """Path of a cached real model; skips the calling test if it is absent."""
+    import pytest
+
+    p = MODELS / REAL_MODELS[key]
+    if not p.exists():
+        pytest.skip(f"model {p.name} not found in cache; run `metallic pull {key}` first")
+    return p
+
 
 # Every scalar type, written under a key naming it; value chosen at the edge of
 # its range where that is a useful check of sign/width handling.
