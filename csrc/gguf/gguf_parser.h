@@ -110,8 +110,10 @@ struct GGUFHeader {
 
 // Parses and validates the whole header of the GGUF image at data[0, size).
 // `path` only labels error messages. Throws mn::GGUFError on anything invalid;
-// never reads outside the buffer, and allocates at most a small multiple of
-// `size` (every count is checked against the bytes left before allocating).
+// never reads outside the buffer, and allocates at most about 12x `size`: every
+// count is checked against the bytes left before anything is allocated for it,
+// and each record kept (a MetaEntry, MetaValue, StringRef or TensorInfo) stands
+// for at least 8 bytes of input. Recursion is bounded by kMaxArrayDepth.
 GGUFHeader parse_gguf(const uint8_t* data, uint64_t size, const std::string& path);
 
 // The bytes of a string recorded by the parser in the same buffer.
