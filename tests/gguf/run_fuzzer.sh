@@ -28,8 +28,10 @@ mkdir -p fuzz-out/corpus fuzz-out/artifacts
 cp -n tests/gguf/corpus/seeds/* tests/gguf/corpus/minimized/* fuzz-out/corpus/ 2>/dev/null || true
 
 # -max_len 64 KiB covers whole headers of the synthetic seeds and the first
-# part of the real models' headers; -malloc_limit_mb catches allocations that
-# are not bounded by the input size (the parser promises a small multiple).
+# part of the real models' headers. The parser allocates at most ~15x the
+# input size (see parse_gguf in csrc/gguf/gguf_parser.h), so no single
+# allocation may exceed ~1 MB here: -malloc_limit_mb=16 flags any allocation
+# that is not bounded by the input.
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0"
 nice ./build/fuzz/fuzz_gguf fuzz-out/corpus \
