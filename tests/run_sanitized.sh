@@ -17,7 +17,7 @@ PY="${PYTHON:-python3}"
 
 rm -rf "$SITE"
 nice "$PY" -m pip install --no-build-isolation --no-deps -q \
-  -C cmake.define.METALLIC_SANITIZE=ON -C build-dir="$ROOT/build/asan" \
+  -C cmake.define.METALLIC_SANITIZE=ON -C cmake.define.METALLIC_CUDA=OFF -C build-dir="$ROOT/build/asan" \
   --target "$SITE" "$ROOT"
 
 if [ "$#" -eq 0 ]; then

@@ -33,4 +33,5 @@ PYBIND11_MODULE(_core, m) {
 
     mn::python::bind_gguf(m);
     mn::python::bind_quant(m);
+    mn::python::bind_model(m);
 }

@@ -1,0 +1,189 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "backend/cpu/vec.h"
+#include "common/error.h"
+#include "common/fp16.h"
+#include "quant/dequantize.h"
+
+namespace mn {
+
+CpuBackend::CpuBackend(int n_threads, Isa isa)
+    : pool_(n_threads > 0 ? n_threads : physical_core_count()), isa_(isa), scratch_(pool_.size()) {}
+
+CpuBackend::~CpuBackend() = default;
+
+Buffer CpuBackend::alloc(int64_t n, DType dtype) {
+    Buffer b;
+    b.n = n;
+    b.dtype = dtype;
+    const size_t bytes = size_t(n) * dtype_size(dtype);
+    // 64-byte alignment keeps SIMD loads within cache lines.
+    b.data = ::operator new(std::max<size_t>(bytes, 64), std::align_val_t(64), std::nothrow);
+    if (!b.data) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+    std::memset(b.data, 0, bytes);
+    return b;
+}
+
+void CpuBackend::release(Buffer& b) {
+    if (b.data) ::operator delete(b.data, std::align_val_t(64));
+    b = Buffer{};
+}
+
+void CpuBackend::read(const Buffer& src, int64_t offset, int64_t n, float* dst) {
+    std::memcpy(dst, src.f32() + offset, size_t(n) * sizeof(float));
+}
+
+float* CpuBackend::thread_scratch(int thread, size_t n) {
+    auto& s = scratch_[thread];
+    if (s.size() < n) s.resize(n);
+    return s.data();
+}
+
+uint8_t* CpuBackend::activation_scratch(size_t bytes) {
+    if (activations_.size() < bytes) activations_.resize(bytes);
+    return activations_.data();
+}
+
+void CpuBackend::embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) {
+    const int64_t width = table.ne0;
+    const auto* base = static_cast<const uint8_t*>(table.device);
+    pool_.parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r)
+            dequantize_row(table.type, base + size_t(ids[r]) * table.row_bytes, out.f32() + r * width, width, isa_);
+    });
+}
+
+void CpuBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {
+    const float* w = static_cast<const float*>(weight.device);
+    pool_.parallel_for(rows, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+            const float* xr = x.f32() + r * width;
+            float* o = out.f32() + r * width;
+            // Sum of squares in double: one row is at most a few thousand values,
+            // and this keeps extreme activations from losing precision.
+            double ss = 0.0;
+            for (int i = 0; i < width; ++i) ss += double(xr[i]) * xr[i];
+            const float inv = float(1.0 / std::sqrt(ss / width + eps));
+            for (int i = 0; i < width; ++i) o[i] = xr[i] * inv * w[i];
+        }
+    });
+}
+
+void CpuBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const AttentionShape& s, float base, RopeStyle style) {
+    const int hd = s.head_dim, half = hd / 2;
+    const int q_width = s.n_heads * hd, k_width = s.n_kv_heads * hd;
+    pool_.parallel_for(rows, 1, [&](int64_t b, int64_t e) {
+        float cos_t[512], sin_t[512];  // head_dim <= 1024 is checked when the model loads
+        for (int64_t r = b; r < e; ++r) {
+            // Angles in fp32 as the reference implementations compute them.
+            const float pos = float(pos0 + r);
+            for (int i = 0; i < half; ++i) {
+                const float inv_freq = float(1.0 / std::pow(double(base), double(2 * i) / hd));
+                const float angle = pos * inv_freq;
+                cos_t[i] = std::cos(angle);
+                sin_t[i] = std::sin(angle);
+            }
+            auto rotate = [&](float* head) {
+                for (int i = 0; i < half; ++i) {
+                    const int a = style == RopeStyle::NeoX ? i : 2 * i;
+                    const int c = style == RopeStyle::NeoX ? i + half : 2 * i + 1;
+                    const float x0 = head[a], x1 = head[c];
+                    head[a] = x0 * cos_t[i] - x1 * sin_t[i];
+                    head[c] = x0 * sin_t[i] + x1 * cos_t[i];
+                }
+            };
+            for (int h = 0; h < s.n_heads; ++h) rotate(q.f32() + r * q_width + h * hd);
+            for (int h = 0; h < s.n_kv_heads; ++h) rotate(k.f32() + r * k_width + h * hd);
+        }
+    });
+}
+
+namespace {
+
+template <typename T>
+void store_kv_rows(const Buffer& src, Buffer& cache, int n_ctx, int rows, int pos0, const AttentionShape& s) {
+    const int hd = s.head_dim, width = s.n_kv_heads * hd;
+    T* dst = static_cast<T*>(cache.data);
+    for (int r = 0; r < rows; ++r)
+        for (int h = 0; h < s.n_kv_heads; ++h)
+            vec::convert(dst + (int64_t(h) * n_ctx + pos0 + r) * hd, src.f32() + int64_t(r) * width + h * hd, hd);
+}
+
+// One query row of one head against keys/values [0, n_keys), scores and softmax in fp32.
+template <typename T>
+void attend_one(const float* q, const T* keys, const T* values, int n_keys, int hd, float scale, float* scores,
+                float* out) {
+    float max_score = -INFINITY;
+    for (int j = 0; j < n_keys; ++j) {
+        scores[j] = vec::dot(q, keys + int64_t(j) * hd, hd) * scale;
+        max_score = std::max(max_score, scores[j]);
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n_keys; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        sum += scores[j];
+    }
+    std::fill(out, out + hd, 0.0f);
+    for (int j = 0; j < n_keys; ++j) vec::axpy(out, scores[j], values + int64_t(j) * hd, hd);
+    vec::scale(out, 1.0f / sum, hd);
+}
+
+}  // namespace
+
+void CpuBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows,
+                           int pos0, const AttentionShape& s, Buffer& out) {
+    const bool f16 = cache.k.dtype == DType::F16;
+    if (f16) {
+        store_kv_rows<uint16_t>(k, cache.k, n_ctx, rows, pos0, s);
+        store_kv_rows<uint16_t>(v, cache.v, n_ctx, rows, pos0, s);
+    } else {
+        store_kv_rows<float>(k, cache.k, n_ctx, rows, pos0, s);
+        store_kv_rows<float>(v, cache.v, n_ctx, rows, pos0, s);
+    }
+    const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads, width = s.n_heads * hd;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    const int64_t n_tasks = int64_t(rows) * s.n_heads;
+    pool_.run([&](int thread, int n_threads) {
+        float* scores = thread_scratch(thread, size_t(n_ctx));
+        // Static interleaved split: later rows attend over more keys, so
+        // interleaving balances the work without an atomic per task.
+        for (int64_t t = thread; t < n_tasks; t += n_threads) {
+            const int r = int(t / s.n_heads), h = int(t % s.n_heads), kvh = h / group;
+            const int n_keys = pos0 + r + 1;
+            const float* qh = q.f32() + int64_t(r) * width + h * hd;
+            float* oh = out.f32() + int64_t(r) * width + h * hd;
+            const int64_t head_off = int64_t(kvh) * n_ctx * hd;
+            if (f16)
+                attend_one(qh, static_cast<const uint16_t*>(cache.k.data) + head_off,
+                           static_cast<const uint16_t*>(cache.v.data) + head_off, n_keys, hd, scale, scores, oh);
+            else
+                attend_one(qh, cache.k.f32() + head_off, cache.v.f32() + head_off, n_keys, hd, scale, scores, oh);
+        }
+    });
+}
+
+void CpuBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) {
+    pool_.parallel_for(n, 4096, [&](int64_t b, int64_t e) {
+        const float* g = gate.f32();
+        const float* u = up.f32();
+        float* o = out.f32();
+        for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    });
+}
+
+void CpuBackend::add(Buffer& x, const Buffer& y, int64_t n) {
+    float* a = x.f32();
+    const float* b = y.f32();
+    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+}
+
+void CpuBackend::copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) {
+    std::memcpy(dst.f32(), src.f32() + int64_t(src_row) * width, size_t(rows) * width * sizeof(float));
+}
+
+}  // namespace mn

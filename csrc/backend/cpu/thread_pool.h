@@ -1,0 +1,69 @@
+// A small persistent thread pool for the CPU backend's ops.
+//
+// A decode step issues a few hundred short ops, so dispatch latency matters
+// more than generality: workers spin briefly on a generation counter before
+// sleeping, and the calling thread takes part as thread 0.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mn {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }
+
+    // Calls fn(thread_index, n_threads) once on each thread and returns when all are done.
+    template <typename F>
+    void run(F&& fn) {
+        auto trampoline = [](void* ctx, int i, int n) { (*static_cast<F*>(ctx))(i, n); };
+        dispatch(trampoline, &fn);
+    }
+
+    // Splits [0, n) into chunks of `grain` handed out dynamically; calls fn(begin, end).
+    template <typename F>
+    void parallel_for(int64_t n, int64_t grain, F&& fn) {
+        if (n <= 0) return;
+        if (grain < 1) grain = 1;
+        if (n_threads_ == 1 || n <= grain) { fn(int64_t(0), n); return; }
+        std::atomic<int64_t> next{0};
+        run([&](int, int) {
+            for (;;) {
+                const int64_t b = next.fetch_add(grain, std::memory_order_relaxed);
+                if (b >= n) break;
+                fn(b, b + grain < n ? b + grain : n);
+            }
+        });
+    }
+
+private:
+    using Trampoline = void (*)(void*, int, int);
+    void dispatch(Trampoline fn, void* ctx);
+    void worker(int index);
+
+    int n_threads_;
+    std::vector<std::thread> workers_;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<bool> stop_{false};
+    Trampoline job_fn_ = nullptr;
+    void* job_ctx_ = nullptr;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::atomic<int> sleepers_{0};
+};
+
+// Number of physical cores (hyper-threads of one core counted once).
+int physical_core_count();
+
+}  // namespace mn

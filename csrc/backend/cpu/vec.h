@@ -1,0 +1,84 @@
+// Small vector helpers for the CPU backend's attention and elementwise ops.
+// They compile to AVX2/F16C or NEON when the translation unit targets them
+// (the default native build) and to portable scalar code otherwise; the
+// weight-matrix kernels, which dominate run time, are dispatched at run time
+// instead (quant/dot.h).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/fp16.h"
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+#define MN_VEC_AVX2 1
+#endif
+
+namespace mn::vec {
+
+#if MN_VEC_AVX2
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(uint16_t* p, __m256 v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+#endif
+
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) { return fp16_to_float(x); }
+inline void from_float(float* p, float x) { *p = x; }
+inline void from_float(uint16_t* p, float x) { *p = float_to_fp16(x); }
+
+// sum_i a[i] * b[i], accumulated in fp32.
+template <typename T>
+inline float dot(const float* a, const T* b, int n) {
+    int i = 0;
+    float sum = 0.0f;
+#if MN_VEC_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(load8(a + i), load8(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(load8(a + i + 8), load8(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8(a + i), load8(b + i), acc0);
+    sum = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; i < n; ++i) sum += a[i] * to_float(b[i]);
+    return sum;
+}
+
+// y[i] += a * x[i]
+template <typename T>
+inline void axpy(float* y, float a, const T* x, int n) {
+    int i = 0;
+#if MN_VEC_AVX2
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) store8(y + i, _mm256_fmadd_ps(va, load8(x + i), load8(y + i)));
+#endif
+    for (; i < n; ++i) y[i] += a * to_float(x[i]);
+}
+
+// y[i] *= a
+inline void scale(float* y, float a, int n) {
+    for (int i = 0; i < n; ++i) y[i] *= a;
+}
+
+// dst[i] = src[i] converted to T
+template <typename T>
+inline void convert(T* dst, const float* src, int n) {
+    int i = 0;
+#if MN_VEC_AVX2
+    for (; i + 8 <= n; i += 8) store8(dst + i, load8(src + i));
+#endif
+    for (; i < n; ++i) from_float(dst + i, src[i]);
+}
+
+}  // namespace mn::vec

@@ -1,0 +1,65 @@
+// The one description of a decoder-only transformer (Qwen2, Llama) that every
+// backend executes. It owns the activation buffers and the KV cache on the
+// backend and issues the backend's ops in order.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mn {
+
+struct TransformerOptions {
+    int n_ctx = 0;              // KV cache length in tokens
+    DType kv_type = DType::F16;
+    int max_batch = 256;        // prompt tokens per prefill chunk
+};
+
+// Per-layer hidden states captured during eval() for comparison with a reference:
+// states[0] is the embedding output, states[i] the residual stream after layer i
+// (before the final norm), each [n_tokens][d_model].
+struct HiddenCapture {
+    std::vector<std::vector<float>> states;
+};
+
+class Transformer {
+public:
+    Transformer(ModelConfig config, ModelWeights weights, std::unique_ptr<Backend> backend,
+                const TransformerOptions& options);
+    ~Transformer();
+    Transformer(const Transformer&) = delete;
+    Transformer& operator=(const Transformer&) = delete;
+
+    // Appends `n` tokens after the n_past() cached ones. Writes the logits of
+    // the last token to `logits` ([vocab]), or of every token ([n][vocab]) when
+    // all_logits. Token ids and the context length are validated by the caller.
+    void eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture);
+
+    int n_past() const { return n_past_; }
+    int n_ctx() const { return options_.n_ctx; }
+    void reset() { n_past_ = 0; }
+    // Forgets cached positions from n on (n <= n_past()).
+    void truncate(int n) { n_past_ = n; }
+
+    const ModelConfig& config() const { return config_; }
+    Backend& backend() { return *backend_; }
+
+private:
+    void forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits, HiddenCapture* capture);
+    void capture_rows(HiddenCapture* capture, int index, int rows);
+
+    ModelConfig config_;
+    ModelWeights weights_;
+    std::unique_ptr<Backend> backend_;
+    TransformerOptions options_;
+    int n_past_ = 0;
+    int logits_rows_ = 0;  // rows the logits buffer holds
+
+    std::vector<KVLayer> kv_;
+    Buffer x_, h_, q_, k_, v_, att_, gate_, up_, logits_;
+};
+
+}  // namespace mn
