@@ -18,7 +18,6 @@ import gguf
 from gguf import GGUFValueType as VT
 from gguf import GGMLQuantizationType as QT
 
-MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
 REAL_MODELS = {
     "qwen2.5-coder-0.5b-instruct-q4_k_m": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     "smollm2-135m-instruct-q4_1": "smollm2-135m-instruct-q4_1.gguf",
@@ -26,12 +25,19 @@ REAL_MODELS = {
 
 
 def real_model_path(key: str) -> Path:
-    """Path of a cached real model; skips the calling test if it is absent."""
+    """Path of a cached real model (metallic_native.models' cache). Skips the
+    calling test if it is absent, or fails it under METALLIC_REQUIRE_MODELS=1
+    (set by CI, so a missing model never counts as a pass). Never downloads:
+    `metallic pull` does that."""
     import pytest
+    from metallic_native import models
 
-    p = MODELS / REAL_MODELS[key]
+    p = models.model_path(key)
     if not p.exists():
-        pytest.skip(f"model {p.name} not found in cache; run `metallic pull {key}` first")
+        msg = f"model {p.name} not found in cache ({p.parent}); run `metallic pull {key}` first"
+        if os.environ.get("METALLIC_REQUIRE_MODELS") == "1":
+            pytest.fail(msg + " (METALLIC_REQUIRE_MODELS=1)")
+        pytest.skip(msg)
     return p
 
 

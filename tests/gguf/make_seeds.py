@@ -25,8 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import gguf_synth as synth  # noqa: E402
 
-MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
-REAL = ["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "smollm2-135m-instruct-q4_1.gguf"]
+REAL = list(synth.REAL_MODELS)
 SEEDS = HERE / "corpus" / "seeds"
 
 _VT_BY_NAME = {"u8": VT.UINT8, "i8": VT.INT8, "u16": VT.UINT16, "i16": VT.INT16, "u32": VT.UINT32,
@@ -72,8 +71,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for i, p in enumerate(synth.write_split(Path(d) / "split", n_tensors=3, max_tensors=2)):
             (SEEDS / f"split_part{i + 1}.gguf").write_bytes(p.read_bytes())
+    from metallic_native import models
+
     for name in REAL:
-        src = MODELS / name
+        src = models.model_path(name)
         if not src.exists():
             print(f"skipping {name}: not in the cache")
             continue
