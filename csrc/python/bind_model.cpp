@@ -141,7 +141,7 @@ void bind_model(py::module_& m) {
         .def(py::init<const std::string&, int, int, const std::string&, const std::string&, const std::string&, int,
                       const std::string&>(),
              py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("backend") = "auto",
-             py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256, py::arg("activations") = "auto")
+             py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256, py::arg("activations") = "q8")
         .def("eval", &ModelHandle::eval, py::arg("tokens"), py::arg("all_logits") = false,
              py::arg("capture_hidden") = false)
         .def("reset", [](ModelHandle& h) { auto l = h.acquire(); h.get().reset(); })

@@ -26,10 +26,11 @@ class Model(GenerationMixin):
     isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
     max_batch: prompt tokens processed per prefill chunk.
     activations: CPU matrix products quantize activations to 8 bits ("q8", the
-        fastest, as llama.cpp) or to 8 bits plus an 8-bit residual ("q8x2",
-        ~100x smaller rounding error, within ~1e-5 of float, about twice the
-        integer work); "auto" (default) uses q8x2 for decode steps and small
-        batches, where it costs little, and q8 for large prefill chunks.
+        default: the fastest, and what llama.cpp does; logits within ~1e-3
+        cosine of float) or to 8 bits plus an 8-bit residual ("q8x2": within
+        ~1e-5 of float, about twice the integer work: use it to compare with a
+        float reference); "auto" uses q8x2 for decode steps and small batches
+        and q8 for large prefill chunks.
 
     Text generation (generate, stream, chat, create_completion,
     create_chat_completion) comes from GenerationMixin (generation.py).
@@ -40,7 +41,7 @@ class Model(GenerationMixin):
 
     def __init__(self, path_or_name: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
                  backend: str = "auto", *, kv_type: str = "f16", isa: str = "auto", max_batch: int = 256,
-                 activations: str = "auto"):
+                 activations: str = "q8"):
         from . import models
 
         path = models.resolve(path_or_name)
