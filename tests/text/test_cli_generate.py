@@ -1,0 +1,43 @@
+"""`metallic generate` and `metallic chat` on a real model, as a user runs them."""
+
+import os
+import subprocess
+import sys
+
+MODEL = "smollm2-135m-instruct-q4_1"
+
+
+def run_cli(args, stdin=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "metallic_native.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_generate_streams_text_and_reports_speed(qwen05b_path):
+    r = run_cli(["generate", "-m", qwen05b_path, "-t", "0", "-n", "24", "What is the capital of France?"])
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "tok/s" in r.stderr and ("generation: 24 tokens" in r.stderr or "finish: stop" in r.stderr)
+
+
+def test_generate_raw_continues_the_prompt(smollm_path):
+    r = run_cli(["generate", "--raw", "-m", smollm_path, "-t", "0", "-n", "8", "The capital of France is"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is")
+    assert len(r.stdout) > len("The capital of France is")
+
+
+def test_chat_keeps_history_and_exits(qwen05b_path):
+    r = run_cli(["chat", "-m", qwen05b_path, "-t", "0", "-n", "24"],
+                stdin="My name is Ada.\nWhat is my name?\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.split("\n", 1)
+    assert "Ada" in second  # the second answer remembers the first turn
+    assert r.stderr.count("tok/s") == 4  # two turns, prompt and generation speeds each
+    assert "evaluated" in r.stderr.splitlines()[-1]
+
+
+def test_generate_bad_option_is_one_line_error(smollm_path):
+    r = run_cli(["generate", "-m", smollm_path, "-t", "-1", "hi"])
+    assert r.returncode != 0
+    assert "temperature" in r.stderr and "Traceback" not in r.stderr
