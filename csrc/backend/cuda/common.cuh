@@ -1,0 +1,243 @@
+// Shared by the CUDA backend's .cu files: error checking that turns every CUDA
+// failure into an mn::Error, and the GGUF block layouts as the device reads them.
+//
+// Weights stay in their GGUF block formats on the device. Every kernel that
+// consumes a weight reads it through load_chunk32<T>(): the 32 consecutive
+// elements [32c, 32c + 32) of one row, dequantized to float. A chunk is one
+// block for the 32-element formats and one eighth of a 256-element super-block
+// for the K-quants, so every kernel walks rows in the same 32-element steps.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/error.h"
+#include "quant/formats.h"
+
+namespace mn::cuda {
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+[[noreturn]] inline void throw_cuda(cudaError_t err, const char* call, const char* file, int line) {
+    std::string msg = std::string("CUDA error in ") + call + " (" + file + ":" + std::to_string(line) +
+                      "): " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+    if (err == cudaErrorMemoryAllocation) msg += " (out of device memory)";
+    throw Error(msg);
+}
+
+#define MN_CUDA_CHECK(call)                                                            \
+    do {                                                                               \
+        cudaError_t mn_err_ = (call);                                                  \
+        if (mn_err_ != cudaSuccess) ::mn::cuda::throw_cuda(mn_err_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+// After a kernel launch: launch-configuration errors show up here, execution
+// errors at the next synchronizing call.
+#define MN_CUDA_CHECK_LAUNCH(name)                                                     \
+    do {                                                                               \
+        cudaError_t mn_err_ = cudaGetLastError();                                      \
+        if (mn_err_ != cudaSuccess) ::mn::cuda::throw_cuda(mn_err_, name, __FILE__, __LINE__); \
+    } while (0)
+
+// ---------------------------------------------------------------------------
+// Block layouts (the GGUF file format). Only 2-byte alignment is guaranteed
+// for the 32-element formats (their block sizes are 18, 22, 34 bytes), so
+// their fields are read 16 bits at a time.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ float f16_at(const uint8_t* p) {
+    return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
+}
+__device__ __forceinline__ uint32_t u32_at_a2(const uint8_t* p) {  // 2-byte aligned 32-bit read
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+    return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+}
+
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
+__device__ __forceinline__ void k_scale_min(const uint8_t* s, int j, int& sc, int& m) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+template <TensorType T>
+struct Fmt;
+
+template <> struct Fmt<TensorType::F32> { static constexpr int block = 1, bytes = 4; };
+template <> struct Fmt<TensorType::F16> { static constexpr int block = 1, bytes = 2; };
+template <> struct Fmt<TensorType::BF16> { static constexpr int block = 1, bytes = 2; };
+template <> struct Fmt<TensorType::Q4_0> { static constexpr int block = 32, bytes = 18; };
+template <> struct Fmt<TensorType::Q4_1> { static constexpr int block = 32, bytes = 20; };
+template <> struct Fmt<TensorType::Q5_0> { static constexpr int block = 32, bytes = 22; };
+template <> struct Fmt<TensorType::Q5_1> { static constexpr int block = 32, bytes = 24; };
+template <> struct Fmt<TensorType::Q8_0> { static constexpr int block = 32, bytes = 34; };
+template <> struct Fmt<TensorType::Q4_K> { static constexpr int block = 256, bytes = 144; };
+template <> struct Fmt<TensorType::Q5_K> { static constexpr int block = 256, bytes = 176; };
+template <> struct Fmt<TensorType::Q6_K> { static constexpr int block = 256, bytes = 210; };
+
+// Elements [32c, 32c+32) of a row into v. For the float formats elements at
+// or past K read as 0 (their rows need not be a multiple of 32 long); the
+// block formats have K a multiple of their block by construction.
+template <TensorType T>
+__device__ __forceinline__ void load_chunk32(const uint8_t* row, int c, int K, float v[32]) {
+    if constexpr (T == TensorType::F32) {
+        const float* p = reinterpret_cast<const float*>(row) + 32 * c;
+        if (32 * c + 32 <= K) {
+            // Rows of an F32 weight are 4-byte aligned only; read scalars.
+#pragma unroll
+            for (int i = 0; i < 32; ++i) v[i] = p[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i < 32; ++i) v[i] = 32 * c + i < K ? p[i] : 0.0f;
+        }
+    } else if constexpr (T == TensorType::F16 || T == TensorType::BF16) {
+        const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + 32 * c;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            uint16_t b = (32 * c + i < K) ? p[i] : uint16_t(0);
+            if constexpr (T == TensorType::F16) v[i] = __half2float(__ushort_as_half(b));
+            else v[i] = __uint_as_float(uint32_t(b) << 16);
+        }
+    } else if constexpr (T == TensorType::Q4_0) {
+        const uint8_t* b = row + size_t(c) * 18;
+        const float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(b + 2 + i);
+            v[i] = (int(q & 0xF) - 8) * d;
+            v[i + 16] = (int((q >> 4) & 0xF) - 8) * d;
+            v[i + 1] = (int((q >> 8) & 0xF) - 8) * d;
+            v[i + 17] = (int(q >> 12) - 8) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_1) {
+        const uint8_t* b = row + size_t(c) * 20;
+        const float d = f16_at(b), m = f16_at(b + 2);
+#pragma unroll
+        for (int i = 0; i < 16; i += 4) {
+            const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 4 + i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[i + j] = float((q >> (8 * j)) & 0xF) * d + m;
+                v[i + j + 16] = float((q >> (8 * j + 4)) & 0xF) * d + m;
+            }
+        }
+    } else if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
+        constexpr bool has_min = T == TensorType::Q5_1;
+        const uint8_t* b = row + size_t(c) * (has_min ? 24 : 22);
+        const float d = f16_at(b);
+        const float m = has_min ? f16_at(b + 2) : -16.0f * d;
+        const uint8_t* hp = b + (has_min ? 4 : 2);
+        const uint32_t qh = u32_at_a2(hp);
+        const uint8_t* qs = hp + 4;
+#pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(qs + i);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int lo = ((q >> (8 * j)) & 0xF) | (((qh >> (i + j)) & 1) << 4);
+                const int hi = ((q >> (8 * j + 4)) & 0xF) | (((qh >> (i + j + 16)) & 1) << 4);
+                v[i + j] = float(lo) * d + m;
+                v[i + j + 16] = float(hi) * d + m;
+            }
+        }
+    } else if constexpr (T == TensorType::Q8_0) {
+        const uint8_t* b = row + size_t(c) * 34;
+        const float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 32; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(b + 2 + i);
+            v[i] = float(int8_t(q & 0xFF)) * d;
+            v[i + 1] = float(int8_t(q >> 8)) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        // Super-block: d, dmin (f16), 12 bytes of 6-bit scales/mins, [Q5_K: 32 bytes of high bits],
+        // 128 bytes of nibbles. Sub-blocks 2i and 2i+1 share qs[32i..32i+32): low, then high nibbles.
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const uint8_t* b = row + size_t(c >> 3) * (q5 ? 176 : 144);
+        const int j = c & 7, pair = j >> 1, hi = j & 1;
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        int sc, mn;
+        k_scale_min(b + 4, j, sc, mn);
+        const float dl = d * float(sc), ml = dmin * float(mn);
+        const uint8_t* qs = b + (q5 ? 48 : 16) + 32 * pair;
+        const uint4* q4 = reinterpret_cast<const uint4*>(qs);  // 16-byte aligned: 144/176-byte blocks, offsets 16/48
+        uint32_t words[8];
+        const uint4 a = q4[0], bb = q4[1];
+        words[0] = a.x; words[1] = a.y; words[2] = a.z; words[3] = a.w;
+        words[4] = bb.x; words[5] = bb.y; words[6] = bb.z; words[7] = bb.w;
+        uint32_t hwords[8];
+        if constexpr (q5) {
+            const uint4* h4 = reinterpret_cast<const uint4*>(b + 16);
+            const uint4 ha = h4[0], hb = h4[1];
+            hwords[0] = ha.x; hwords[1] = ha.y; hwords[2] = ha.z; hwords[3] = ha.w;
+            hwords[4] = hb.x; hwords[5] = hb.y; hwords[6] = hb.z; hwords[7] = hb.w;
+        }
+#pragma unroll
+        for (int w = 0; w < 8; ++w) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                int q = (words[w] >> (8 * k + 4 * hi)) & 0xF;
+                if constexpr (q5) q |= ((hwords[w] >> (8 * k + j)) & 1) << 4;
+                v[4 * w + k] = dl * float(q) - ml;
+            }
+        }
+    } else if constexpr (T == TensorType::Q6_K) {
+        // Super-block: ql[128], qh[64], int8 scales[16], f16 d. Half h (128 elements) uses
+        // ql[64h..], qh[32h..], scales[8h..]; its quarter q holds elements 32q + l, l < 32.
+        const uint8_t* b = row + size_t(c >> 3) * 210;
+        const int h = (c >> 2) & 1, q = c & 3;
+        const float d = f16_at(b + 208);
+        const uint8_t* ql = b + 64 * h + (q & 1) * 32;
+        const uint8_t* qh = b + 128 + 32 * h;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * h);
+        const float d0 = d * float(sc[2 * q]), d1 = d * float(sc[2 * q + 1]);
+        const int lshift = (q >> 1) * 4, hshift = 2 * q;
+        // ql/qh offsets are multiples of 32 in a 210-byte block: only 2-byte aligned.
+#pragma unroll
+        for (int l = 0; l < 32; l += 2) {
+            const uint16_t lo2 = *reinterpret_cast<const uint16_t*>(ql + l);
+            const uint16_t hi2 = *reinterpret_cast<const uint16_t*>(qh + l);
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const int lo = (lo2 >> (8 * k + lshift)) & 0xF;
+                const int hb = (hi2 >> (8 * k + hshift)) & 3;
+                v[l + k] = (l + k < 16 ? d0 : d1) * float((lo | (hb << 4)) - 32);
+            }
+        }
+    }
+}
+
+// Calls f.template operator()<T>() for a runtime type; false if the type has no kernels.
+template <typename F>
+inline bool dispatch_type(TensorType t, F&& f) {
+    switch (t) {
+        case TensorType::F32: f.template operator()<TensorType::F32>(); return true;
+        case TensorType::F16: f.template operator()<TensorType::F16>(); return true;
+        case TensorType::BF16: f.template operator()<TensorType::BF16>(); return true;
+        case TensorType::Q4_0: f.template operator()<TensorType::Q4_0>(); return true;
+        case TensorType::Q4_1: f.template operator()<TensorType::Q4_1>(); return true;
+        case TensorType::Q5_0: f.template operator()<TensorType::Q5_0>(); return true;
+        case TensorType::Q5_1: f.template operator()<TensorType::Q5_1>(); return true;
+        case TensorType::Q8_0: f.template operator()<TensorType::Q8_0>(); return true;
+        case TensorType::Q4_K: f.template operator()<TensorType::Q4_K>(); return true;
+        case TensorType::Q5_K: f.template operator()<TensorType::Q5_K>(); return true;
+        case TensorType::Q6_K: f.template operator()<TensorType::Q6_K>(); return true;
+        default: return false;
+    }
+}
+
+struct TypeProbe {
+    template <TensorType T>
+    void operator()() const {}
+};
+inline bool type_supported(TensorType t) { return dispatch_type(t, TypeProbe{}); }
+
+}  // namespace mn::cuda
