@@ -19,4 +19,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, int64_t n, Isa
 // are supported (the activation formats of the integer dot products).
 void quantize_row(TensorType type, const float* src, void* dst, int64_t n, Isa isa);
 
+// True for the types quantize_row accepts (Q8_0, Q8_1, Q8_K).
+bool can_quantize(TensorType type);
+
 }  // namespace mn

@@ -1,5 +1,7 @@
 #include "quant/formats.h"
 
+#include <string>
+
 namespace mn {
 
 const TypeTraits* type_traits(uint32_t id) {
@@ -9,6 +11,9 @@ const TypeTraits* type_traits(uint32_t id) {
         /* 2*/ {"Q4_0", 32, 18, true},   /* 3*/ {"Q4_1", 32, 20, true},
         /* 4*/ {nullptr, 0, 0, false},   /* 5*/ {nullptr, 0, 0, false},
         /* 6*/ {"Q5_0", 32, 22, true},   /* 7*/ {"Q5_1", 32, 24, true},
+        // Q8_1 is {fp16 d, fp16 s, int8[32]} = 36 bytes, as ggml lays it out today;
+        // gguf-py 0.19's GGML_QUANT_SIZES still says 40 (the old {f32 d, f32 s}
+        // layout), which no current writer produces.
         /* 8*/ {"Q8_0", 32, 34, true},   /* 9*/ {"Q8_1", 32, 36, true},
         /*10*/ {"Q2_K", 256, 84, true},  /*11*/ {"Q3_K", 256, 110, true},
         /*12*/ {"Q4_K", 256, 144, true}, /*13*/ {"Q5_K", 256, 176, true},
@@ -24,10 +29,30 @@ const TypeTraits* type_traits(uint32_t id) {
         /*31*/ {nullptr, 0, 0, false}, /*32*/ {nullptr, 0, 0, false}, /*33*/ {nullptr, 0, 0, false},
         /*34*/ {"TQ1_0", 256, 54, false}, /*35*/ {"TQ2_0", 256, 66, false},
         /*36*/ {nullptr, 0, 0, false}, /*37*/ {nullptr, 0, 0, false}, /*38*/ {nullptr, 0, 0, false},
-        /*39*/ {"MXFP4", 32, 17, false},
+        /*39*/ {"MXFP4", 32, 17, false},  /*40*/ {"NVFP4", 64, 36, false},
+        /*41*/ {"Q1_0", 128, 18, false},
     };
+    // The last entries (NVFP4, Q1_0) track gguf-py 0.19's table; none of them has kernels.
     if (id >= sizeof(kTable) / sizeof(kTable[0]) || kTable[id].name == nullptr) return nullptr;
     return &kTable[id];
+}
+
+}  // namespace mn
+
+namespace mn {
+
+const TypeTraits* type_traits_by_name(const std::string& name) {
+    for (uint32_t id = 0; id < 64; ++id) {
+        const TypeTraits* t = type_traits(id);
+        if (t && name == t->name) return t;
+    }
+    return nullptr;
+}
+
+uint32_t type_id(const TypeTraits* traits) {
+    for (uint32_t id = 0; id < 64; ++id)
+        if (type_traits(id) == traits) return id;
+    return ~0u;
 }
 
 }  // namespace mn

@@ -99,6 +99,8 @@ class Model:
         arr = np.asarray(tokens)
         if arr.ndim == 0:
             arr = arr.reshape(1)
+        if arr.size == 0:
+            raise ValueError("tokens is empty")
         if arr.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:

@@ -9,7 +9,6 @@
 #include "common/error.h"
 #include "common/fp16.h"
 #include "quant/dequantize.h"
-#include "quant/dot.h"
 
 namespace mn {
 
@@ -71,57 +70,6 @@ void CpuBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps
             for (int i = 0; i < width; ++i) ss += double(xr[i]) * xr[i];
             const float inv = float(1.0 / std::sqrt(ss / width + eps));
             for (int i = 0; i < width; ++i) o[i] = xr[i] * inv * w[i];
-        }
-    });
-}
-
-void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias) {
-    const int64_t K = w.ne0, N = w.ne1;
-    const auto* wbase = static_cast<const uint8_t*>(w.device);
-    const DotKernel kernel = get_dot_kernel(w.type, isa_);
-
-    // Quantize the activations once to the format the kernel consumes.
-    const uint8_t* act = static_cast<const uint8_t*>(x.data);
-    size_t act_row_bytes = size_t(K) * sizeof(float);
-    if (kernel.act_type != TensorType::F32) {
-        const TypeTraits* at = type_traits(kernel.act_type);
-        act_row_bytes = size_t(K / at->block_size) * at->type_size;
-        uint8_t* q = activation_scratch(act_row_bytes * rows);
-        pool_.parallel_for(rows, 1, [&](int64_t b, int64_t e) {
-            for (int64_t r = b; r < e; ++r) quantize_row(kernel.act_type, x.f32() + r * K, q + r * act_row_bytes, K, isa_);
-        });
-        act = q;
-    }
-
-    // Tile: a band of weight rows stays in L1/L2 while every activation row
-    // passes over it. Decode (rows == 1) is a plain split of the weight rows.
-    constexpr int kRowTile = 16;   // weight rows per task
-    constexpr int kColTile = 64;   // activation rows per kernel call
-    const float* b = bias ? static_cast<const float*>(bias->device) : nullptr;
-    float* o = out.f32();
-    const int64_t n_tiles = (N + kRowTile - 1) / kRowTile;
-    pool_.parallel_for(n_tiles, 1, [&](int64_t t0, int64_t t1) {
-        const int thread_tmp_size = kRowTile * kColTile;
-        for (int64_t t = t0; t < t1; ++t) {
-            const int64_t r0 = t * kRowTile;
-            const int nr = int(std::min<int64_t>(kRowTile, N - r0));
-            if (rows == 1) {
-                kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, nr, act, act_row_bytes, 1, o + r0, 1);
-                if (b) for (int r = 0; r < nr; ++r) o[r0 + r] += b[r0 + r];
-                continue;
-            }
-            // kernel writes tile[r * nc + c]; scatter to out[c][r0 + r].
-            thread_local std::vector<float> tile;
-            if (int(tile.size()) < thread_tmp_size) tile.resize(thread_tmp_size);
-            for (int c0 = 0; c0 < rows; c0 += kColTile) {
-                const int nc = std::min(kColTile, rows - c0);
-                kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, nr, act + size_t(c0) * act_row_bytes,
-                          act_row_bytes, nc, tile.data(), size_t(nc));
-                for (int c = 0; c < nc; ++c) {
-                    float* orow = o + int64_t(c0 + c) * N + r0;
-                    for (int r = 0; r < nr; ++r) orow[r] = tile[r * nc + c] + (b ? b[r0 + r] : 0.0f);
-                }
-            }
         }
     });
 }

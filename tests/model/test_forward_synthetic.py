@@ -1,0 +1,110 @@
+"""The engine's forward pass on tiny synthetic models of every weight type,
+against an independent float64 numpy implementation, and its internal
+consistency (batching, chunking, truncation, kernel families)."""
+
+import numpy as np
+import pytest
+
+from metallic_native import Model, best_isa
+
+from .numpy_reference import NumpyTransformer
+from .synthetic import write_model
+
+WEIGHT_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+ISAS = ["scalar"] + ([best_isa()] if best_isa() != "scalar" else [])
+
+
+def cosine(a, b):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_logits_match_numpy_reference(tmp_path, arch, wtype):
+    # Activations are quantized to 8 bits for the integer dot products, so the
+    # bound is on cosine similarity and the top token, not on exact values.
+    path = write_model(tmp_path / "m.gguf", arch=arch, wtype=wtype, seed=hash((arch, wtype)) % 1000)
+    ref = NumpyTransformer(path)
+    tokens = [5, 17, 299, 0, 42, 42, 7]
+    expected = [ref.step(t)[0] for t in tokens]
+    for isa in ISAS:
+        with Model(path, n_ctx=16, isa=isa, kv_type="f32") as m:
+            got = m.eval(tokens, all_logits=True)
+        for pos in range(len(tokens)):
+            assert cosine(got[pos], expected[pos]) > 0.999, (isa, pos)
+            assert np.argmax(got[pos]) == np.argmax(expected[pos]) or \
+                np.sort(expected[pos])[-1] - np.sort(expected[pos])[-2] < 0.02, (isa, pos)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_hidden_states_match_numpy_reference(tmp_path, arch):
+    path = write_model(tmp_path / "m.gguf", arch=arch, wtype="F32")
+    ref = NumpyTransformer(path)
+    tokens = [3, 1, 4, 1, 5]
+    ref_hidden = [ref.step(t)[1] for t in tokens]  # [pos][layer]
+    with Model(path, n_ctx=16, kv_type="f32") as m:
+        _, hidden = m.eval(tokens, capture_hidden=True)
+    assert hidden.shape == (3, len(tokens), 256)
+    for layer in range(3):
+        for pos in range(len(tokens)):
+            assert cosine(hidden[layer, pos], ref_hidden[pos][layer]) > 0.9995, (layer, pos)
+
+
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K", "Q5_0", "Q6_K", "Q4_1"])
+def test_batched_prefill_equals_token_by_token(tmp_path, wtype):
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype)
+    tokens = np.random.default_rng(1).integers(0, 300, 40)
+    with Model(path, n_ctx=64, kv_type="f32") as m:
+        batched = m.eval(tokens, all_logits=True)
+        m.reset()
+        single = np.stack([m.eval([t]) for t in tokens])
+        m.reset()
+        chunked_model = Model(path, n_ctx=64, kv_type="f32", max_batch=7)
+        chunked = chunked_model.eval(tokens, all_logits=True)
+        chunked_model.close()
+        last = m.eval(tokens)
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(chunked, batched, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last, batched[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_truncate_then_continue_equals_fresh_run(tmp_path):
+    path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0")
+    a, b, c = [1, 2, 3, 4], [9, 9, 9], [7, 8]
+    with Model(path, n_ctx=32) as m:
+        m.eval(a + b)
+        m.truncate(len(a))
+        assert m.n_past == len(a)
+        reused = m.eval(c)
+        m.reset()
+        assert m.n_past == 0
+        fresh = m.eval(a + c)
+    np.testing.assert_allclose(reused, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embeddings_use_the_token_table(tmp_path):
+    path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0", tied=True)
+    ref = NumpyTransformer(path)
+    want = ref.step(11)[0]
+    with Model(path, n_ctx=8) as m:
+        got = m.eval([11])
+    assert cosine(got, want) > 0.999
+
+
+def test_f16_kv_cache_close_to_f32(tmp_path):
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="Q8_0")
+    tokens = list(range(0, 300, 7))
+    with Model(path, n_ctx=64, kv_type="f32") as m32, Model(path, n_ctx=64, kv_type="f16") as m16:
+        assert cosine(m32.eval(tokens), m16.eval(tokens)) > 0.9999
+
+
+def test_numerics_stay_finite_on_long_repeated_and_extreme_inputs(tmp_path):
+    # Large weights push activations to extremes; repeated tokens stress the softmax.
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="F32", n_layers=2, seed=3)
+    with Model(path, n_ctx=600) as m:
+        logits = m.eval([42] * 500, all_logits=True)
+        assert np.isfinite(logits).all()
+        logits = m.eval(list(range(100)))
+        assert np.isfinite(logits).all()
