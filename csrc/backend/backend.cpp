@@ -35,6 +35,14 @@ std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
 bool cuda_device_available();
 #endif
 
+bool backend_available(const std::string& name) {
+    if (name == "cpu" || name == "auto") return true;
+#if defined(METALLIC_HAVE_CUDA)
+    if (name == "cuda") return cuda_device_available();
+#endif
+    return false;
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
     if (name == "cuda" || name == "auto") {
 #if defined(METALLIC_HAVE_CUDA)

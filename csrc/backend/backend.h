@@ -107,6 +107,9 @@ struct BackendOptions {
     std::string isa = "auto";  // CPU kernel family
 };
 
+// Whether make_backend(name) can succeed here: built in and, for GPUs, a device visible.
+bool backend_available(const std::string& name);
+
 // "cpu", "cuda", "metal" or "auto". Throws InvalidArgument for unknown or unavailable backends.
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options);
 

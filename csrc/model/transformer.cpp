@@ -118,8 +118,8 @@ void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, 
     const AttentionShape shape = c.attention_shape();
     const int d = c.d_model;
     const int pos0 = n_past_;
-    // A pass that reads nothing back before its output is the same op sequence every time.
-    be.begin_step(rows, pos0, capture == nullptr);
+    // A pass that produces output and reads nothing back before it is the same op sequence every time.
+    be.begin_step(rows, pos0, capture == nullptr && (logits != nullptr || top_k != nullptr));
 
     be.embed(weights_.token_embd, tokens, rows, x_);
     capture_rows(capture, 0, rows);

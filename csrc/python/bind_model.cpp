@@ -176,6 +176,8 @@ void bind_model(py::module_& m) {
         .def_property_readonly("closed", &ModelHandle::closed)
         .def("close", &ModelHandle::close);
     m.def("supported_architectures", [] { return supported_architectures(); });
+    m.def("backend_available", [](const std::string& name) { return backend_available(name); }, py::arg("name"),
+          "Whether Model(..., backend=name) can run here: compiled in and, for GPUs, a device visible.");
 }
 
 }  // namespace mn::python

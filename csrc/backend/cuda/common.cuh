@@ -79,6 +79,8 @@ template <> struct Fmt<TensorType::Q4_1> { static constexpr int block = 32, byte
 template <> struct Fmt<TensorType::Q5_0> { static constexpr int block = 32, bytes = 22; };
 template <> struct Fmt<TensorType::Q5_1> { static constexpr int block = 32, bytes = 24; };
 template <> struct Fmt<TensorType::Q8_0> { static constexpr int block = 32, bytes = 34; };
+template <> struct Fmt<TensorType::Q2_K> { static constexpr int block = 256, bytes = 84; };
+template <> struct Fmt<TensorType::Q3_K> { static constexpr int block = 256, bytes = 110; };
 template <> struct Fmt<TensorType::Q4_K> { static constexpr int block = 256, bytes = 144; };
 template <> struct Fmt<TensorType::Q5_K> { static constexpr int block = 256, bytes = 176; };
 template <> struct Fmt<TensorType::Q6_K> { static constexpr int block = 256, bytes = 210; };
@@ -189,6 +191,49 @@ __device__ __forceinline__ void load_chunk32(const uint8_t* row, int c, int K, f
                 v[4 * w + k] = dl * float(q) - ml;
             }
         }
+    } else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K) {
+        // Both hold 2-bit values in qs: chunk c is half h = c / 4, shift 2 (c % 4), over the 32 bytes
+        // qs[32h..]; its two 16-element halves have scales 8h + 2(c % 4) and the one after.
+        // Q2_K: scales[16] (4-bit scale | 4-bit min << 4), qs[64], f16 d, f16 dmin.
+        // Q3_K: hmask[32] (bit 4h + c % 4 of byte l set: no -4), qs[64], 12 bytes of 6-bit scales, f16 d.
+        constexpr bool q3 = T == TensorType::Q3_K;
+        const uint8_t* b = row + size_t(c >> 3) * (q3 ? 110 : 84);
+        const int h = (c >> 2) & 1, j = c & 3;
+        const uint8_t* qs = b + (q3 ? 32 : 16) + 32 * h;
+        float dl[2], ml[2];
+        if constexpr (q3) {
+            const float d = f16_at(b + 108);
+            const uint8_t* s = b + 96;
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+                const int i = 8 * h + 2 * j + t;
+                const int lo = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
+                const int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+                dl[t] = d * float((lo | (hi << 4)) - 32);
+                ml[t] = 0.0f;
+            }
+        } else {
+            const float d = f16_at(b + 80), dmin = f16_at(b + 82);
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+                const int sc = b[8 * h + 2 * j + t];
+                dl[t] = d * float(sc & 0xF);
+                ml[t] = dmin * float(sc >> 4);
+            }
+        }
+#pragma unroll
+        for (int l = 0; l < 32; l += 2) {
+            const uint16_t q2 = *reinterpret_cast<const uint16_t*>(qs + l);
+            uint16_t hm2 = 0;
+            if constexpr (q3) hm2 = *reinterpret_cast<const uint16_t*>(b + l);
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                int q = (q2 >> (8 * k + 2 * j)) & 3;
+                if constexpr (q3) q -= ((hm2 >> (8 * k + 4 * h + j)) & 1) ? 0 : 4;
+                const int t = (l + k) >> 4;
+                v[l + k] = dl[t] * float(q) - ml[t];
+            }
+        }
     } else if constexpr (T == TensorType::Q6_K) {
         // Super-block: ql[128], qh[64], int8 scales[16], f16 d. Half h (128 elements) uses
         // ql[64h..], qh[32h..], scales[8h..]; its quarter q holds elements 32q + l, l < 32.
@@ -227,6 +272,8 @@ inline bool dispatch_type(TensorType t, F&& f) {
         case TensorType::Q5_0: f.template operator()<TensorType::Q5_0>(); return true;
         case TensorType::Q5_1: f.template operator()<TensorType::Q5_1>(); return true;
         case TensorType::Q8_0: f.template operator()<TensorType::Q8_0>(); return true;
+        case TensorType::Q2_K: f.template operator()<TensorType::Q2_K>(); return true;
+        case TensorType::Q3_K: f.template operator()<TensorType::Q3_K>(); return true;
         case TensorType::Q4_K: f.template operator()<TensorType::Q4_K>(); return true;
         case TensorType::Q5_K: f.template operator()<TensorType::Q5_K>(); return true;
         case TensorType::Q6_K: f.template operator()<TensorType::Q6_K>(); return true;

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "backend/backend.h"
@@ -102,6 +103,7 @@ private:
     void wait_host_staging();
     void ensure_ids(int rows);
     void ensure_scratch(size_t floats);
+    void ensure_row_scale(int rows);
     // Ends a recording or replays the graph: the work of the step so far is then enqueued.
     void finish_graph_part();
     void abort_capture();
@@ -113,6 +115,7 @@ private:
     bool graphs_enabled_ = true;
 
     std::vector<void*> weights_;  // freed with the backend (close())
+    std::unordered_set<void*> buffers_;  // live alloc()s: freed with the backend if the owner could not
     size_t weight_bytes_ = 0;
 
     // Pinned host staging read by (recorded) copies, and their device twins.
@@ -130,6 +133,8 @@ private:
 
     float* scratch_ = nullptr;  // attention partials
     size_t scratch_floats_ = 0;
+    float* row_scale_ = nullptr;  // per-row fp16 scales of a prefill matmul's input
+    int row_scale_rows_ = 0;
 
     // Pending fusion state.
     struct PendingNorm {
@@ -183,8 +188,9 @@ CudaBackend::~CudaBackend() {
     }
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
     for (void* p : weights_) cudaFree(p);
+    for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
-                    static_cast<void*>(scratch_)})
+                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_)})
         if (p) cudaFree(p);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_ids_) cudaFreeHost(h_ids_);
@@ -219,14 +225,24 @@ Buffer CudaBackend::alloc(int64_t n, DType dtype) {
         cudaFree(b.data);
         cuda::throw_cuda(err, "cudaMemset", __FILE__, __LINE__);
     }
+    buffers_.insert(b.data);
     return b;
 }
 
 void CudaBackend::release(Buffer& b) {
+    // Called from destructors: never throws.
     if (b.data) {
-        flush();
+        try {
+            if (mode_ == Mode::Eager) flush();
+        } catch (const std::exception&) {
+            // The device is in an error state; the memory is freed regardless.
+        }
+        norm_.active = false;
+        mm_.n = 0;
         cudaStreamSynchronize(stream_);
-        MN_CUDA_CHECK(cudaFree(b.data));
+        buffers_.erase(b.data);
+        cudaFree(b.data);
+        cudaGetLastError();
     }
     b = Buffer{};
 }
@@ -235,8 +251,8 @@ void CudaBackend::upload(WeightTensor& w) {
     const TypeTraits* tt = type_traits(w.type);
     if (!cuda::type_supported(w.type))
         throw Error("cuda backend: tensor '" + w.name + "' has type " + (tt ? tt->name : "unknown") +
-                    ", which the CUDA kernels do not support (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, "
-                    "Q5_K, Q6_K)");
+                    ", which the CUDA kernels do not support (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, "
+                    "Q3_K, Q4_K, Q5_K, Q6_K)");
     if (w.ne0 > INT32_MAX || w.ne1 > INT32_MAX) throw Error("cuda backend: tensor '" + w.name + "' is too large");
     const size_t bytes = w.row_bytes * size_t(w.ne1);
     void* p = device_alloc(bytes, "tensor '" + w.name + "'");
@@ -268,6 +284,17 @@ void CudaBackend::ensure_scratch(size_t floats) {
     scratch_floats_ = 0;
     scratch_ = static_cast<float*>(device_alloc(floats * sizeof(float), "attention scratch"));
     scratch_floats_ = floats;
+}
+
+void CudaBackend::ensure_row_scale(int rows) {
+    if (rows <= row_scale_rows_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: row scales must grow during a recorded step");
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (row_scale_) cudaFree(row_scale_);
+    row_scale_ = nullptr;
+    row_scale_rows_ = 0;
+    row_scale_ = static_cast<float*>(device_alloc(sizeof(float) * rows, "row scales"));
+    row_scale_rows_ = rows;
 }
 
 void CudaBackend::wait_host_staging() {
@@ -461,8 +488,11 @@ void CudaBackend::flush() {
         return;
     }
     launch_pending_norm();
+    ensure_row_scale(mm.rows);
+    cuda::launch_row_scale(mm.x, mm.rows, mm.K, row_scale_, stream_);
     for (int j = 0; j < mm.n; ++j)
-        cuda::launch_gemm(mm.jobs[j].w, mm.x, mm.rows, mm.jobs[j].out, mm.jobs[j].bias, mm.jobs[j].residual, stream_);
+        cuda::launch_gemm(mm.jobs[j].w, mm.x, mm.rows, mm.jobs[j].out, mm.jobs[j].bias, mm.jobs[j].residual,
+                          row_scale_, stream_);
     if (mm.swiglu_out)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, int64_t(mm.rows) * mm.jobs[0].w.N, mm.swiglu_out,
                             stream_);

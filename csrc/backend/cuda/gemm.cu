@@ -32,10 +32,33 @@ union Smem {
     float c[kThreads / 32][32][CLD];
 };
 
+// Per activation row, a power of two that brings its largest magnitude to
+// about 2^10: fp16 then neither overflows (activations of real models reach
+// the thousands, and random test models far more) nor loses small values, and
+// the scale comes back out exactly in the epilogue.
+__global__ void row_scale_kernel(const float* __restrict__ x, int K, float* __restrict__ scale) {
+    const int r = blockIdx.x;
+    float m = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(x[size_t(r) * K + i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    __shared__ float part[32];
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, part[w]);
+        m = fmaxf(m, part[0]);
+        int e = 0;
+        if (m > 0.0f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
+        scale[r] = ldexpf(1.0f, 10 - e);
+    }
+}
+
 template <TensorType T>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int N, int K,
                                                         const float* __restrict__ x, int M, float* __restrict__ out,
-                                                        const float* __restrict__ bias, float* residual) {
+                                                        const float* __restrict__ bias, float* residual,
+                                                        const float* __restrict__ row_scale) {
     __shared__ __align__(128) Smem sm;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -69,6 +92,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const uint8_t* __restric
         }
         {
             const int m = m0 + am, kk = k0 + ac;
+            const float rs = m < M ? row_scale[m] : 0.0f;
             float v[16];
             if (m < M && kvec && kk + 16 <= K) {
                 const float4* src = reinterpret_cast<const float4*>(x + size_t(m) * K + kk);
@@ -83,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const uint8_t* __restric
             }
             __half2* dst = reinterpret_cast<__half2*>(&sm.t.a[am][ac]);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) dst[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+            for (int i = 0; i < 8; ++i) dst[i] = __floats2half2_rn(v[2 * i] * rs, v[2 * i + 1] * rs);
         }
         __syncthreads();
 #pragma unroll
@@ -116,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const uint8_t* __restric
         for (int i = 0; i < 32; ++i) {
             const int m = m0 + 32 * wm + i;
             if (m >= M) break;
-            const float v = c[i][lane] + b;
+            const float v = c[i][lane] / row_scale[m] + b;
             out[size_t(m) * N + n] = v;
             if (residual) residual[size_t(m) * N + n] += v;
         }
@@ -130,19 +154,26 @@ struct GemmLaunch {
     float* out;
     const float* bias;
     float* residual;
+    const float* row_scale;
     cudaStream_t s;
     template <TensorType T>
     void operator()() const {
         const dim3 grid((w.N + BN - 1) / BN, (rows + BM - 1) / BM);
-        gemm_kernel<T><<<grid, kThreads, 0, s>>>(w.data, w.row_bytes, w.N, w.K, x, rows, out, bias, residual);
+        gemm_kernel<T><<<grid, kThreads, 0, s>>>(w.data, w.row_bytes, w.N, w.K, x, rows, out, bias, residual,
+                                                 row_scale);
     }
 };
 
 }  // namespace
 
+void launch_row_scale(const float* x, int rows, int K, float* row_scale, cudaStream_t stream) {
+    row_scale_kernel<<<rows, 256, 0, stream>>>(x, K, row_scale);
+    MN_CUDA_CHECK_LAUNCH("row_scale_kernel");
+}
+
 void launch_gemm(const QMatrix& w, const float* x, int rows, float* out, const float* bias, float* residual,
-                 cudaStream_t stream) {
-    if (!dispatch_type(w.type, GemmLaunch{w, x, rows, out, bias, residual, stream}))
+                 const float* row_scale, cudaStream_t stream) {
+    if (!dispatch_type(w.type, GemmLaunch{w, x, rows, out, bias, residual, row_scale, stream}))
         throw Error("cuda gemm: unsupported weight type");
     MN_CUDA_CHECK_LAUNCH("gemm_kernel");
 }

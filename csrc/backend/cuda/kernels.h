@@ -51,8 +51,10 @@ void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cud
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
+// row_scale ([rows], from launch_row_scale on the same x) keeps the fp16 operands in range.
+void launch_row_scale(const float* x, int rows, int K, float* row_scale, cudaStream_t stream);
 void launch_gemm(const QMatrix& w, const float* x, int rows, float* out, const float* bias, float* residual,
-                 cudaStream_t stream);
+                 const float* row_scale, cudaStream_t stream);
 
 // ---- elementwise.cu ----
 void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, cudaStream_t stream);

@@ -24,69 +24,103 @@ struct MatvecParams {
     MatvecInput in;
 };
 
-// acc[r] += sum over this lane's chunks of w * (nw) * x[r].
+// One 32-element chunk of weights (already scaled by the norm weight) against
+// chunk k0 of every input row. With ss set, also accumulates the squares of
+// the input (the fused rms_norm needs them once per chunk of input).
+template <int R>
+__device__ __forceinline__ void fma_chunk(const float w[32], const float* __restrict__ x, int rows, int K, int k0,
+                                          bool vec, float acc[R], float* ss) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        const float* xr = x + size_t(r) * K + k0;
+        float s = 0.0f, q = 0.0f;
+        if (vec) {
+            const float4* x4 = reinterpret_cast<const float4*>(xr);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float4 t = __ldg(x4 + i);
+                s += w[4 * i] * t.x + w[4 * i + 1] * t.y + w[4 * i + 2] * t.z + w[4 * i + 3] * t.w;
+                q += t.x * t.x + t.y * t.y + t.z * t.z + t.w * t.w;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 32; ++i) {
+                const float t = (k0 + i < K) ? xr[i] : 0.0f;
+                s += w[i] * t;
+                q += t * t;
+            }
+        }
+        acc[r] += s;
+        if (ss) ss[r] += q;
+    }
+}
+
+__device__ __forceinline__ void scale_by_norm(float w[32], const float* __restrict__ nw, int K, int k0, bool vec) {
+    if (vec) {
+        const float4* n4 = reinterpret_cast<const float4*>(nw + k0);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float4 t = __ldg(n4 + i);
+            w[4 * i] *= t.x; w[4 * i + 1] *= t.y; w[4 * i + 2] *= t.z; w[4 * i + 3] *= t.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) w[i] *= (k0 + i < K) ? nw[k0 + i] : 0.0f;
+    }
+}
+
+// A warp's dot products of weight row(s) with the input rows. Each loop trip
+// issues the loads of two chunks before using either, so two blocks' worth of
+// weights are in flight per lane: either chunks c and c + 32 of row A, or (with
+// row B, the up row beside the gate row) chunk c of both rows. ss (optional)
+// collects the squares of the input for the fused norm.
 template <int R, TensorType T>
-__device__ __forceinline__ void row_dot(const uint8_t* row, int K, const float* __restrict__ x, int rows,
-                                        const float* __restrict__ nw, float acc[R]) {
+__device__ __forceinline__ void row_dot(const uint8_t* rowA, const uint8_t* rowB, int K, const float* __restrict__ x,
+                                        int rows, const float* __restrict__ nw, float accA[R], float accB[R],
+                                        float* ss) {
     const int lane = threadIdx.x & 31;
     const int n_chunks = (K + 31) >> 5;
     const bool vec = (K & 31) == 0;
-    for (int c = lane; c < n_chunks; c += 32) {
-        float w[32];
-        load_chunk32<T>(row, c, K, w);
-        const int k0 = 32 * c;
-        if (nw) {
-            if (vec) {
-                const float4* n4 = reinterpret_cast<const float4*>(nw + k0);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    const float4 t = __ldg(n4 + i);
-                    w[4 * i] *= t.x; w[4 * i + 1] *= t.y; w[4 * i + 2] *= t.z; w[4 * i + 3] *= t.w;
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 32; ++i) w[i] *= (k0 + i < K) ? nw[k0 + i] : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r >= rows) break;
-            const float* xr = x + size_t(r) * K + k0;
-            float s = 0.0f;
-            if (vec) {
-                const float4* x4 = reinterpret_cast<const float4*>(xr);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    const float4 t = __ldg(x4 + i);
-                    s += w[4 * i] * t.x + w[4 * i + 1] * t.y + w[4 * i + 2] * t.z + w[4 * i + 3] * t.w;
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 32; ++i) s += (k0 + i < K) ? w[i] * xr[i] : 0.0f;
-            }
-            acc[r] += s;
+    const int step = rowB ? 32 : 64;
+    for (int c = lane; c < n_chunks; c += step) {
+        float w0[32], w1[32];
+        const int c1 = rowB ? c : c + 32;
+        const bool has1 = c1 < n_chunks;
+        load_chunk32<T>(rowA, c, K, w0);
+        if (has1) load_chunk32<T>(rowB ? rowB : rowA, c1, K, w1);
+        if (nw) scale_by_norm(w0, nw, K, 32 * c, vec);
+        fma_chunk<R>(w0, x, rows, K, 32 * c, vec, accA, ss);
+        if (has1) {
+            if (nw) scale_by_norm(w1, nw, K, 32 * c1, vec);
+            fma_chunk<R>(w1, x, rows, K, 32 * c1, vec, rowB ? accB : accA, rowB ? nullptr : ss);
         }
     }
 }
 
 template <int R>
-__device__ __forceinline__ void row_dot_any(const QMatrix& m, int n, const float* x, int rows, const float* nw,
-                                            float acc[R]) {
+__device__ __forceinline__ void row_dot_any(const QMatrix& m, int n, const uint8_t* rowB, int K, const float* x,
+                                            int rows, const float* nw, float accA[R], float accB[R], float* ss) {
     const uint8_t* row = m.data + size_t(n) * m.row_bytes;
+#define MN_CASE(T) \
+    case T: row_dot<R, T>(row, rowB, K, x, rows, nw, accA, accB, ss); break;
     switch (m.type) {
-        case TensorType::F32: row_dot<R, TensorType::F32>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::F16: row_dot<R, TensorType::F16>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::BF16: row_dot<R, TensorType::BF16>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q4_0: row_dot<R, TensorType::Q4_0>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q4_1: row_dot<R, TensorType::Q4_1>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q5_0: row_dot<R, TensorType::Q5_0>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q5_1: row_dot<R, TensorType::Q5_1>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q8_0: row_dot<R, TensorType::Q8_0>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q4_K: row_dot<R, TensorType::Q4_K>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q5_K: row_dot<R, TensorType::Q5_K>(row, m.K, x, rows, nw, acc); break;
-        case TensorType::Q6_K: row_dot<R, TensorType::Q6_K>(row, m.K, x, rows, nw, acc); break;
+        MN_CASE(TensorType::F32)
+        MN_CASE(TensorType::F16)
+        MN_CASE(TensorType::BF16)
+        MN_CASE(TensorType::Q4_0)
+        MN_CASE(TensorType::Q4_1)
+        MN_CASE(TensorType::Q5_0)
+        MN_CASE(TensorType::Q5_1)
+        MN_CASE(TensorType::Q8_0)
+        MN_CASE(TensorType::Q2_K)
+        MN_CASE(TensorType::Q3_K)
+        MN_CASE(TensorType::Q4_K)
+        MN_CASE(TensorType::Q5_K)
+        MN_CASE(TensorType::Q6_K)
         default: break;  // rejected at upload
     }
+#undef MN_CASE
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -95,84 +129,87 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// One warp per output element (per pair of gate/up elements with SWIGLU).
+// With NORM the warp also sums the squares of the input rows it reads anyway
+// (its lanes cover every chunk once), so the norm costs no extra pass.
 template <int R, bool NORM, bool SWIGLU>
 __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatvecParams p) {
     const MatvecInput& in = p.in;
     const int rows = in.rows, K = in.K;
-    __shared__ float s_inv[R];
-    if constexpr (NORM) {
-        // Every block computes the rms of the (few, short) input rows itself:
-        // cheaper than a separate launch and a round trip through memory.
-        __shared__ double s_part[kWarps];
-        for (int r = 0; r < rows; ++r) {
-            const float* xr = in.x + size_t(r) * K;
-            double ss = 0.0;
-            for (int i = threadIdx.x; i < K; i += blockDim.x) ss += double(xr[i]) * xr[i];
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            if ((threadIdx.x & 31) == 0) s_part[threadIdx.x >> 5] = ss;
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                double t = 0.0;
-                for (int w = 0; w < kWarps; ++w) t += s_part[w];
-                s_inv[r] = float(1.0 / sqrt(t / K + double(in.eps)));
-            }
-            __syncthreads();
-        }
-        if (blockIdx.x == 0 && in.norm_out) {
-            for (int r = 0; r < rows; ++r)
-                for (int i = threadIdx.x; i < K; i += blockDim.x)
-                    in.norm_out[size_t(r) * K + i] = in.x[size_t(r) * K + i] * s_inv[r] * in.norm_weight[i];
-        }
-    }
     const int warp = blockIdx.x * kWarps + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     const float* nw = NORM ? in.norm_weight : nullptr;
 
-    if constexpr (SWIGLU) {
-        const MatvecJob& g = p.jobs[0];
-        const MatvecJob& u = p.jobs[1];
-        if (warp >= g.w.N) return;
-        float ag[R], au[R];
+    int j = 0, n = warp;
+    if (!SWIGLU) {
+        while (j < p.n_jobs && warp >= p.job_end[j]) ++j;
+        if (j < p.n_jobs) n = warp - (j ? p.job_end[j - 1] : 0);
+    }
+    const bool live = SWIGLU ? warp < p.jobs[0].w.N : j < p.n_jobs;
+    // Warp 0 of block 0 writes the normalized input when asked, so it runs even without a row.
+    const bool writes_norm = NORM && in.norm_out && blockIdx.x == 0 && threadIdx.x < 32;
+    if (!live && !writes_norm) return;
+
+    float accA[R], accB[R], ss[R];
 #pragma unroll
-        for (int r = 0; r < R; ++r) ag[r] = au[r] = 0.0f;
-        row_dot_any<R>(g.w, warp, in.x, rows, nw, ag);
-        row_dot_any<R>(u.w, warp, in.x, rows, nw, au);
+    for (int r = 0; r < R; ++r) accA[r] = accB[r] = ss[r] = 0.0f;
+    if (live) {
+        if (SWIGLU) {
+            const QMatrix& g = p.jobs[0].w;
+            const QMatrix& u = p.jobs[1].w;
+            if (g.type == u.type) {
+                row_dot_any<R>(g, n, u.data + size_t(n) * u.row_bytes, K, in.x, rows, nw, accA, accB,
+                               NORM ? ss : nullptr);
+            } else {
+                row_dot_any<R>(g, n, nullptr, K, in.x, rows, nw, accA, accB, NORM ? ss : nullptr);
+                row_dot_any<R>(u, n, nullptr, K, in.x, rows, nw, accB, accA, nullptr);
+            }
+        } else {
+            row_dot_any<R>(p.jobs[j].w, n, nullptr, K, in.x, rows, nw, accA, accB, NORM ? ss : nullptr);
+        }
+    } else if (NORM) {
+        // Only the squares are needed: walk the input.
+        for (int c = lane; c < (K + 31) / 32; c += 32)
+            for (int r = 0; r < rows && r < R; ++r)
+                for (int i = 0; i < 32 && 32 * c + i < K; ++i) {
+                    const float t = in.x[size_t(r) * K + 32 * c + i];
+                    ss[r] += t * t;
+                }
+    }
+    float inv[R];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r >= rows) break;
-            float gv = warp_sum(ag[r]), uv = warp_sum(au[r]);
+    for (int r = 0; r < R; ++r) {
+        inv[r] = 1.0f;
+        if (NORM && r < rows) inv[r] = float(1.0 / sqrt(double(warp_sum(ss[r])) / K + double(in.eps)));
+    }
+    if (writes_norm) {
+        for (int r = 0; r < rows && r < R; ++r)
+            for (int i = lane; i < K; i += 32)
+                in.norm_out[size_t(r) * K + i] = in.x[size_t(r) * K + i] * inv[r] * in.norm_weight[i];
+    }
+    if (!live) return;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        const float a = warp_sum(accA[r]) * inv[r];
+        if constexpr (SWIGLU) {
+            const float b = warp_sum(accB[r]) * inv[r];
             if (lane == 0) {
-                if constexpr (NORM) { gv *= s_inv[r]; uv *= s_inv[r]; }
-                if (g.bias) gv += g.bias[warp];
-                if (u.bias) uv += u.bias[warp];
-                const size_t o = size_t(r) * g.w.N + warp;
+                const MatvecJob& g = p.jobs[0];
+                const MatvecJob& u = p.jobs[1];
+                const float gv = a + (g.bias ? g.bias[n] : 0.0f);
+                const float uv = b + (u.bias ? u.bias[n] : 0.0f);
+                const size_t o = size_t(r) * g.w.N + n;
                 if (g.out != in.swiglu_out) g.out[o] = gv;
                 u.out[o] = uv;
                 in.swiglu_out[o] = gv / (1.0f + expf(-gv)) * uv;
             }
-        }
-    } else {
-        int j = 0;
-        while (j < p.n_jobs && warp >= p.job_end[j]) ++j;
-        if (j >= p.n_jobs) return;
-        const MatvecJob& job = p.jobs[j];
-        const int n = warp - (j ? p.job_end[j - 1] : 0);
-        float acc[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-        row_dot_any<R>(job.w, n, in.x, rows, nw, acc);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r >= rows) break;
-            float v = warp_sum(acc[r]);
-            if (lane == 0) {
-                if constexpr (NORM) v *= s_inv[r];
-                if (job.bias) v += job.bias[n];
-                const size_t o = size_t(r) * job.w.N + n;
-                job.out[o] = v;
-                if (job.residual) job.residual[o] += v;
-            }
+        } else if (lane == 0) {
+            const MatvecJob& job = p.jobs[j];
+            const float v = a + (job.bias ? job.bias[n] : 0.0f);
+            const size_t o = size_t(r) * job.w.N + n;
+            job.out[o] = v;
+            if (job.residual) job.residual[o] += v;
         }
     }
 }
