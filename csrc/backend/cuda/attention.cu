@@ -170,6 +170,125 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
     }
 }
 
+// Prefill: a block takes 16 query rows of one head and walks the keys in
+// tiles of 64 that all its rows share (loaded once into shared memory, fp16),
+// with an online softmax in fp32. Thread t owns row t / 8; its 8 threads split
+// each tile's keys (scores) and the head's dimensions (output).
+constexpr int kTileQ = 16, kTileK = 64, kMaxTileHd = 128;
+
+__global__ void __launch_bounds__(kThreads) attn_tile_kernel(const float* __restrict__ q, const __half* __restrict__ kc,
+                                                             const __half* __restrict__ vc, int n_ctx, const int* pos0p,
+                                                             int rows, int n_heads, int n_kv_heads, int hd,
+                                                             float* __restrict__ out) {
+    __shared__ float sq[kTileQ][kMaxTileHd + 4];  // padded: the 4 rows of a warp hit distinct banks
+    __shared__ __half2 sk[kTileK][kMaxTileHd / 2 + 1];  // +1 word: keys of one thread group hit distinct banks
+    __shared__ __half2 sv[kTileK][kMaxTileHd / 2];
+    __shared__ float sp[kTileQ][kTileK + 1];
+    const int h = blockIdx.y, r0 = blockIdx.x * kTileQ;
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int pos0 = *pos0p;
+    const int t = threadIdx.x, row = t >> 3, sub = t & 7;
+    const int hd2 = hd / 2;
+    const float scale = 1.0f / sqrtf(float(hd));
+    const bool row_live = r0 + row < rows;
+    const int qpos = pos0 + r0 + row;
+
+    for (int i = t; i < kTileQ * hd; i += kThreads) {
+        const int rr = i / hd, d = i % hd;
+        sq[rr][d] = r0 + rr < rows ? q[(size_t(r0 + rr) * n_heads + h) * hd + d] : 0.0f;
+    }
+    const int last_row = min(rows, r0 + kTileQ) - 1;
+    const int n_keys = pos0 + last_row + 1;
+    float m = -INFINITY, l = 0.0f;
+    float o[kMaxTileHd / 8];
+#pragma unroll
+    for (int i = 0; i < kMaxTileHd / 8; ++i) o[i] = 0.0f;
+    const __half* kbase = kc + size_t(kvh) * n_ctx * hd;
+    const __half* vbase = vc + size_t(kvh) * n_ctx * hd;
+
+    for (int k0 = 0; k0 < n_keys; k0 += kTileK) {
+        const int nk = min(kTileK, n_keys - k0);
+        __syncthreads();  // previous tile fully used
+        const uint4* ksrc = reinterpret_cast<const uint4*>(kbase + size_t(k0) * hd);
+        const uint4* vsrc = reinterpret_cast<const uint4*>(vbase + size_t(k0) * hd);
+        const int per_key = hd / 8;  // uint4 per key
+        for (int i = t; i < nk * per_key; i += kThreads) {
+            const int j = i / per_key, c = i % per_key;
+            const uint4 ku = ksrc[i], vu = vsrc[i];
+            const __half2* k2 = reinterpret_cast<const __half2*>(&ku);
+            const __half2* v2 = reinterpret_cast<const __half2*>(&vu);
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                sk[j][4 * c + w] = k2[w];
+                sv[j][4 * c + w] = v2[w];
+            }
+        }
+        __syncthreads();
+        // Scores of this thread's 8 keys j = sub + 8i.
+        float sc[kTileK / 8];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < kTileK / 8; ++i) {
+            const int j = sub + 8 * i;
+            float dot = 0.0f;
+            if (j < nk) {
+                const float2* q2 = reinterpret_cast<const float2*>(sq[row]);
+                for (int d2 = 0; d2 < hd2; ++d2) {
+                    const float2 kf = __half22float2(sk[j][d2]);
+                    const float2 qf = q2[d2];
+                    dot += qf.x * kf.x + qf.y * kf.y;
+                }
+            }
+            const bool ok = row_live && j < nk && k0 + j <= qpos;
+            sc[i] = ok ? dot * scale : -INFINITY;
+            tile_max = fmaxf(tile_max, sc[i]);
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+        const float m_new = fmaxf(m, tile_max);
+        // A row with no live key yet keeps m = -inf; guard the exponent then.
+        const float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);
+        float psum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kTileK / 8; ++i) {
+            const float p = sc[i] == -INFINITY ? 0.0f : expf(sc[i] - m_new);
+            sp[row][sub + 8 * i] = p;
+            psum += p;
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+        l = l * corr + psum;
+        m = m_new;
+        __syncwarp();  // sp of this row is written by the same warp's 8 threads
+        // Output dims d = 2 (sub + 8i) and +1 for this thread.
+#pragma unroll
+        for (int i = 0; i < kMaxTileHd / 16; ++i) {
+            const int d2 = sub + 8 * i;
+            if (d2 < hd2) {
+                float ax = o[2 * i] * corr, ay = o[2 * i + 1] * corr;
+                for (int j = 0; j < nk; ++j) {
+                    const float p = sp[row][j];
+                    const float2 vf = __half22float2(sv[j][d2]);
+                    ax += p * vf.x;
+                    ay += p * vf.y;
+                }
+                o[2 * i] = ax;
+                o[2 * i + 1] = ay;
+            }
+        }
+    }
+    if (!row_live) return;
+    float* orow = out + (size_t(r0 + row) * n_heads + h) * hd;
+#pragma unroll
+    for (int i = 0; i < kMaxTileHd / 16; ++i) {
+        const int d2 = sub + 8 * i;
+        if (d2 < hd2) {
+            orow[2 * d2] = o[2 * i] / l;
+            orow[2 * d2 + 1] = o[2 * i + 1] / l;
+        }
+    }
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
@@ -184,19 +303,37 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
     if (smem > 48 * 1024)
         throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
     const dim3 grid(plan.n_splits, a.n_heads, a.rows);
+    const bool tiled = a.f16_cache && a.rows > 4 && hd <= kMaxTileHd && hd % 8 == 0;
+    if (tiled) {
+        if (!a.kv_stored) {
+            store_kv_kernel<__half><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<__half*>(a.k_cache), static_cast<__half*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
+        attn_tile_kernel<<<dim3((a.rows + kTileQ - 1) / kTileQ, a.n_heads), kThreads, 0, stream>>>(
+            a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
+            a.rows, a.n_heads, a.n_kv_heads, hd, a.out);
+        MN_CUDA_CHECK_LAUNCH("attn_tile_kernel");
+        return;
+    }
     if (a.f16_cache) {
-        store_kv_kernel<__half><<<a.rows, store_threads, 0, stream>>>(
-            a.k, a.v, static_cast<__half*>(a.k_cache), static_cast<__half*>(a.v_cache), a.n_ctx, a.pos0,
-            a.n_kv_heads, hd);
-        MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        if (!a.kv_stored) {
+            store_kv_kernel<__half><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<__half*>(a.k_cache), static_cast<__half*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
         attn_split_kernel<__half><<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     } else {
-        store_kv_kernel<float><<<a.rows, store_threads, 0, stream>>>(
-            a.k, a.v, static_cast<float*>(a.k_cache), static_cast<float*>(a.v_cache), a.n_ctx, a.pos0,
-            a.n_kv_heads, hd);
-        MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        if (!a.kv_stored) {
+            store_kv_kernel<float><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<float*>(a.k_cache), static_cast<float*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
         attn_split_kernel<float><<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const float*>(a.k_cache), static_cast<const float*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);

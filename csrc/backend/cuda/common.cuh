@@ -260,6 +260,128 @@ __device__ __forceinline__ void load_chunk32(const uint8_t* row, int c, int K, f
     }
 }
 
+// Elements [e, e + 8) of a row (e a multiple of 8) into v: the unit of the
+// decode kernels, whose consecutive lanes take consecutive pieces so that a
+// warp's reads of weights and activations are contiguous. For the float
+// formats elements at or past K read as 0.
+template <TensorType T>
+__device__ __forceinline__ void load8(const uint8_t* row, int e, int K, float v[8]) {
+    if constexpr (T == TensorType::F32) {
+        const float* p = reinterpret_cast<const float*>(row) + e;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = e + i < K ? p[i] : 0.0f;
+    } else if constexpr (T == TensorType::F16 || T == TensorType::BF16) {
+        const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + e;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint16_t b = e + i < K ? p[i] : uint16_t(0);
+            if constexpr (T == TensorType::F16) v[i] = __half2float(__ushort_as_half(b));
+            else v[i] = __uint_as_float(uint32_t(b) << 16);
+        }
+    } else if constexpr (T == TensorType::Q4_0 || T == TensorType::Q4_1 || T == TensorType::Q5_0 ||
+                         T == TensorType::Q5_1) {
+        constexpr bool has_min = T == TensorType::Q4_1 || T == TensorType::Q5_1;
+        constexpr bool five = T == TensorType::Q5_0 || T == TensorType::Q5_1;
+        constexpr int bytes = Fmt<T>::bytes;
+        const uint8_t* b = row + size_t(e >> 5) * bytes;
+        const int o = e & 31, lo = o & 15, shift = o >= 16 ? 4 : 0;
+        const float d = f16_at(b);
+        const uint8_t* qs = b + (has_min ? 4 : 2) + (five ? 4 : 0);
+        uint32_t qh = 0;
+        if constexpr (five) qh = u32_at_a2(b + (has_min ? 4 : 2));
+        // 8 bytes of nibbles at qs + lo (2-byte aligned at least)
+        uint32_t w0, w1;
+        if constexpr (has_min) {  // 20/24-byte blocks: 4-byte aligned
+            w0 = *reinterpret_cast<const uint32_t*>(qs + lo);
+            w1 = *reinterpret_cast<const uint32_t*>(qs + lo + 4);
+        } else {
+            w0 = u32_at_a2(qs + lo);
+            w1 = u32_at_a2(qs + lo + 4);
+        }
+        float m;
+        if constexpr (has_min) m = f16_at(b + 2);
+        else m = (five ? -16.0f : -8.0f) * d;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint32_t w = i < 4 ? w0 : w1;
+            int q = (w >> (8 * (i & 3) + shift)) & 0xF;
+            if constexpr (five) q |= ((qh >> (o + i)) & 1) << 4;
+            v[i] = float(q) * d + m;
+        }
+    } else if constexpr (T == TensorType::Q8_0) {
+        const uint8_t* b = row + size_t(e >> 5) * 34;
+        const float d = f16_at(b);
+        const uint16_t* q = reinterpret_cast<const uint16_t*>(b + 2 + (e & 31));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const uint16_t t = q[i];
+            v[2 * i] = float(int8_t(t & 0xFF)) * d;
+            v[2 * i + 1] = float(int8_t(t >> 8)) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const uint8_t* b = row + size_t(e >> 8) * (q5 ? 176 : 144);
+        const int j = (e >> 5) & 7, l0 = e & 31;
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        int sc, mn;
+        k_scale_min(b + 4, j, sc, mn);
+        const float dl = d * float(sc), ml = dmin * float(mn);
+        const uint2 q = *reinterpret_cast<const uint2*>(b + (q5 ? 48 : 16) + 32 * (j >> 1) + l0);  // 8-byte aligned
+        uint2 h = make_uint2(0, 0);
+        if constexpr (q5) h = *reinterpret_cast<const uint2*>(b + 16 + l0);
+        const int shift = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint32_t w = i < 4 ? q.x : q.y;
+            int qv = (w >> (8 * (i & 3) + shift)) & 0xF;
+            if constexpr (q5) qv |= (((i < 4 ? h.x : h.y) >> (8 * (i & 3) + j)) & 1) << 4;
+            v[i] = dl * float(qv) - ml;
+        }
+    } else if constexpr (T == TensorType::Q6_K) {
+        const uint8_t* b = row + size_t(e >> 8) * 210;
+        const int c = (e >> 5) & 7, h = c >> 2, qq = c & 3, l0 = e & 31;
+        const float d = f16_at(b + 208);
+        const uint8_t* ql = b + 64 * h + (qq & 1) * 32 + l0;
+        const uint8_t* qh = b + 128 + 32 * h + l0;
+        const float ds = d * float(reinterpret_cast<const int8_t*>(b + 192 + 8 * h)[2 * qq + (l0 >> 4)]);
+        const uint32_t lw0 = u32_at_a2(ql), lw1 = u32_at_a2(ql + 4);
+        const uint32_t hw0 = u32_at_a2(qh), hw1 = u32_at_a2(qh + 4);
+        const int lshift = (qq >> 1) * 4, hshift = 2 * qq;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int lo = ((i < 4 ? lw0 : lw1) >> (8 * (i & 3) + lshift)) & 0xF;
+            const int hb = ((i < 4 ? hw0 : hw1) >> (8 * (i & 3) + hshift)) & 3;
+            v[i] = ds * float((lo | (hb << 4)) - 32);
+        }
+    } else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K) {
+        constexpr bool q3 = T == TensorType::Q3_K;
+        const uint8_t* b = row + size_t(e >> 8) * (q3 ? 110 : 84);
+        const int c = (e >> 5) & 7, h = c >> 2, j = c & 3, l0 = e & 31;
+        const int si = 8 * h + 2 * j + (l0 >> 4);
+        float dl, ml = 0.0f;
+        if constexpr (q3) {
+            const uint8_t* s = b + 96;
+            const int lo = si < 8 ? (s[si] & 0xF) : (s[si - 8] >> 4);
+            const int hi = (s[8 + (si & 3)] >> (2 * (si >> 2))) & 3;
+            dl = f16_at(b + 108) * float((lo | (hi << 4)) - 32);
+        } else {
+            const int sc = b[si];
+            dl = f16_at(b + 80) * float(sc & 0xF);
+            ml = f16_at(b + 82) * float(sc >> 4);
+        }
+        const uint8_t* qs = b + (q3 ? 32 : 16) + 32 * h + l0;
+        const uint32_t q0 = u32_at_a2(qs), q1 = u32_at_a2(qs + 4);
+        uint32_t m0 = 0, m1 = 0;
+        if constexpr (q3) { m0 = u32_at_a2(b + l0); m1 = u32_at_a2(b + l0 + 4); }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int q = ((i < 4 ? q0 : q1) >> (8 * (i & 3) + 2 * j)) & 3;
+            if constexpr (q3) q -= (((i < 4 ? m0 : m1) >> (8 * (i & 3) + 4 * h + j)) & 1) ? 0 : 4;
+            v[i] = dl * float(q) - ml;
+        }
+    }
+}
+
 // Calls f.template operator()<T>() for a runtime type; false if the type has no kernels.
 template <typename F>
 inline bool dispatch_type(TensorType t, F&& f) {

@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -104,6 +105,7 @@ private:
     void ensure_ids(int rows);
     void ensure_scratch(size_t floats);
     void ensure_row_scale(int rows);
+    const float* rope_table(float base, int head_dim);
     // Ends a recording or replays the graph: the work of the step so far is then enqueued.
     void finish_graph_part();
     void abort_capture();
@@ -135,6 +137,12 @@ private:
     size_t scratch_floats_ = 0;
     float* row_scale_ = nullptr;  // per-row fp16 scales of a prefill matmul's input
     int row_scale_rows_ = 0;
+    struct RopeTable {
+        float base;
+        int head_dim;
+        float* freq;
+    };
+    std::vector<RopeTable> rope_tables_;  // RoPE frequencies per (base, head_dim), computed once
 
     // Pending fusion state.
     struct PendingNorm {
@@ -145,6 +153,15 @@ private:
         int rows = 0, width = 0;
         float* out = nullptr;
     } norm_;
+    struct PendingRope {
+        bool active = false;
+        float* q = nullptr;
+        float* k = nullptr;
+        int rows = 0;
+        AttentionShape shape;
+        const float* freq = nullptr;
+        bool neox = false;
+    } rope_;
     struct PendingMatmul {
         int n = 0;
         cuda::MatvecJob jobs[cuda::kMaxMatvecJobs];
@@ -189,6 +206,7 @@ CudaBackend::~CudaBackend() {
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
     for (void* p : weights_) cudaFree(p);
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
+    for (RopeTable& t : rope_tables_) cudaFree(t.freq);
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
                     static_cast<void*>(scratch_), static_cast<void*>(row_scale_)})
         if (p) cudaFree(p);
@@ -238,6 +256,7 @@ void CudaBackend::release(Buffer& b) {
             // The device is in an error state; the memory is freed regardless.
         }
         norm_.active = false;
+        rope_.active = false;
         mm_.n = 0;
         cudaStreamSynchronize(stream_);
         buffers_.erase(b.data);
@@ -295,6 +314,20 @@ void CudaBackend::ensure_row_scale(int rows) {
     row_scale_rows_ = 0;
     row_scale_ = static_cast<float*>(device_alloc(sizeof(float) * rows, "row scales"));
     row_scale_rows_ = rows;
+}
+
+const float* CudaBackend::rope_table(float base, int head_dim) {
+    for (const RopeTable& t : rope_tables_)
+        if (t.base == base && t.head_dim == head_dim) return t.freq;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: RoPE table must be made during a recorded step");
+    const int half = head_dim / 2;
+    std::vector<float> f(static_cast<size_t>(std::max(half, 1)));
+    // As the CPU backend computes them: in double, rounded to float.
+    for (int i = 0; i < half; ++i) f[i] = float(1.0 / std::pow(double(base), double(2 * i) / head_dim));
+    float* d = static_cast<float*>(device_alloc(f.size() * sizeof(float), "RoPE frequencies"));
+    rope_tables_.push_back({base, head_dim, d});
+    MN_CUDA_CHECK(cudaMemcpy(d, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
 }
 
 void CudaBackend::wait_host_staging() {
@@ -450,6 +483,11 @@ void CudaBackend::launch_pending_norm() {
 }
 
 void CudaBackend::flush() {
+    if (rope_.active) {
+        rope_.active = false;
+        cuda::launch_rope(rope_.q, rope_.k, rope_.rows, d_pos_, rope_.shape.n_heads, rope_.shape.n_kv_heads,
+                          rope_.shape.head_dim, rope_.freq, rope_.neox, stream_);
+    }
     if (mm_.n == 0) {
         launch_pending_norm();
         return;
@@ -613,15 +651,31 @@ void CudaBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const Attention
         return;
     flush();
     set_pos(pos0);
-    cuda::launch_rope(q.f32(), k.f32(), rows, d_pos_, s.n_heads, s.n_kv_heads, s.head_dim, base,
-                      style == RopeStyle::NeoX, stream_);
+    // Held back: the attention that follows stores k and v in the same launch.
+    rope_.active = true;
+    rope_.q = q.f32();
+    rope_.k = k.f32();
+    rope_.rows = rows;
+    rope_.shape = s;
+    rope_.freq = rope_table(base, s.head_dim);
+    rope_.neox = style == RopeStyle::NeoX;
 }
 
 void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows,
                             int pos0, const AttentionShape& s, Buffer& out) {
     if (record(Sig().add(5).add(q.data).add(cache.k.data).add(uint64_t(rows)).add(out.data)))
         return;
-    flush();
+    const bool fuse_rope = rope_.active && rope_.q == q.f32() && rope_.k == k.f32() && rope_.rows == rows &&
+                           rope_.shape.n_heads == s.n_heads && rope_.shape.n_kv_heads == s.n_kv_heads &&
+                           rope_.shape.head_dim == s.head_dim && mm_.n == 0 && !norm_.active && pos0 == device_pos_;
+    if (fuse_rope) {
+        rope_.active = false;
+        cuda::launch_rope_store(rope_.q, rope_.k, v.f32(), cache.k.data, cache.v.data, cache.k.dtype == DType::F16,
+                                n_ctx, rows, d_pos_, s.n_heads, s.n_kv_heads, s.head_dim, rope_.freq, rope_.neox,
+                                stream_);
+    } else {
+        flush();
+    }
     set_pos(pos0);
     ensure_scratch(cuda::attention_scratch_floats(rows, s.n_heads, s.head_dim, n_ctx));
     cuda::AttentionArgs a;
@@ -639,6 +693,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.head_dim = s.head_dim;
     a.out = out.f32();
     a.scratch = scratch_;
+    a.kv_stored = fuse_rope;
     cuda::launch_attention(a, stream_);
 }
 

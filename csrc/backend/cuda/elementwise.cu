@@ -66,25 +66,43 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
         x[i] += y[i];
 }
 
-__global__ void rope_kernel(float* q, float* k, const int* pos0, int n_heads, int n_kv_heads, int hd, float base,
-                            bool neox) {
+template <typename T>
+__device__ __forceinline__ T to_cache(float v);
+template <> __device__ __forceinline__ float to_cache<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half to_cache<__half>(float v) { return __float2half_rn(v); }
+
+// RoPE on q and k in place; with a cache (kc != nullptr) also stores the rotated
+// k and the v rows at their positions, which the attention needs next anyway.
+template <typename T>
+__global__ void rope_kernel(float* q, float* k, const float* __restrict__ v, T* kc, T* vc, int n_ctx, const int* pos0,
+                            int n_heads, int n_kv_heads, int hd, const float* __restrict__ inv_freq, bool neox) {
     const int r = blockIdx.x;
     const int half = hd / 2;
-    const float pos = float(*pos0 + r);
+    const int pos_i = *pos0 + r;
+    const float pos = float(pos_i);
     const int total = (n_heads + n_kv_heads) * half;
     for (int t = threadIdx.x; t < total; t += blockDim.x) {
         const int head = t / half, i = t % half;
-        // Angles in fp32 from a double-precision frequency, as the CPU backend computes them.
-        const float inv_freq = float(1.0 / pow(double(base), double(2 * i) / hd));
-        const float angle = pos * inv_freq;
+        // Angles in fp32 from frequencies the host computed as the CPU backend does.
+        const float angle = pos * inv_freq[i];
         float sn, cs;
         sincosf(angle, &sn, &cs);
-        float* h = head < n_heads ? q + (size_t(r) * n_heads + head) * hd
-                                  : k + (size_t(r) * n_kv_heads + (head - n_heads)) * hd;
+        const bool is_k = head >= n_heads;
+        const int kh = head - n_heads;
+        float* h = !is_k ? q + (size_t(r) * n_heads + head) * hd : k + (size_t(r) * n_kv_heads + kh) * hd;
         const int a = neox ? i : 2 * i, c = neox ? i + half : 2 * i + 1;
         const float x0 = h[a], x1 = h[c];
-        h[a] = x0 * cs - x1 * sn;
-        h[c] = x0 * sn + x1 * cs;
+        const float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
+        h[a] = y0;
+        h[c] = y1;
+        if (kc && is_k) {
+            const size_t base = (size_t(kh) * n_ctx + pos_i) * hd;
+            kc[base + a] = to_cache<T>(y0);
+            kc[base + c] = to_cache<T>(y1);
+            const float* vr = v + (size_t(r) * n_kv_heads + kh) * hd;
+            vc[base + a] = to_cache<T>(vr[a]);
+            vc[base + c] = to_cache<T>(vr[c]);
+        }
     }
 }
 
@@ -193,9 +211,24 @@ void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
     MN_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
-void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim, float base,
-                 bool neox, cudaStream_t stream) {
-    rope_kernel<<<rows, 256, 0, stream>>>(q, k, pos0, n_heads, n_kv_heads, head_dim, base, neox);
+void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,
+                 const float* inv_freq, bool neox, cudaStream_t stream) {
+    rope_kernel<float><<<rows, 256, 0, stream>>>(q, k, nullptr, nullptr, nullptr, 0, pos0, n_heads, n_kv_heads,
+                                                 head_dim, inv_freq, neox);
+    MN_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* v_cache, bool f16_cache, int n_ctx,
+                       int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                       bool neox, cudaStream_t stream) {
+    if (f16_cache)
+        rope_kernel<__half><<<rows, 256, 0, stream>>>(q, k, v, static_cast<__half*>(k_cache),
+                                                      static_cast<__half*>(v_cache), n_ctx, pos0, n_heads,
+                                                      n_kv_heads, head_dim, inv_freq, neox);
+    else
+        rope_kernel<float><<<rows, 256, 0, stream>>>(q, k, v, static_cast<float*>(k_cache),
+                                                     static_cast<float*>(v_cache), n_ctx, pos0, n_heads, n_kv_heads,
+                                                     head_dim, inv_freq, neox);
     MN_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 

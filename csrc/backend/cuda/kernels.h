@@ -61,9 +61,15 @@ void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out
 void launch_rms_norm(const float* x, const float* w, float eps, int rows, int width, float* out, cudaStream_t stream);
 void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
-// Rotates q and k in place for positions *pos0 .. *pos0 + rows - 1 (pos0 read on the device).
+// Rotates q and k in place for positions *pos0 .. *pos0 + rows - 1 (pos0 read on the device);
+// inv_freq[i] = base^(-2i / head_dim) for i < head_dim / 2, on the device.
 void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,
-                 float base, bool neox, cudaStream_t stream);
+                 const float* inv_freq, bool neox, cudaStream_t stream);
+// launch_rope, and also stores the rotated k and the v rows into the KV cache
+// ([n_kv_heads][n_ctx][head_dim]) at their positions.
+void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* v_cache, bool f16_cache, int n_ctx,
+                       int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                       bool neox, cudaStream_t stream);
 
 // ---- attention.cu ----
 struct AttentionArgs {
@@ -79,6 +85,7 @@ struct AttentionArgs {
     float* out = nullptr;       // [rows][n_heads * head_dim]
     // Scratch for split partials: floats needed by attention_scratch_floats().
     float* scratch = nullptr;
+    bool kv_stored = false;  // k and v are already in the cache (launch_rope_store)
 };
 // Keys per split block: a query row's keys are split into chunks of this many.
 constexpr int kAttnSplit = 256;

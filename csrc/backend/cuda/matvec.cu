@@ -24,76 +24,70 @@ struct MatvecParams {
     MatvecInput in;
 };
 
-// One 32-element chunk of weights (already scaled by the norm weight) against
-// chunk k0 of every input row. With ss set, also accumulates the squares of
-// the input (the fused rms_norm needs them once per chunk of input).
+// Eight weights (already scaled by the norm weight) against elements [e, e+8)
+// of every input row. With ss set, also accumulates the squares of the input
+// (the fused rms_norm needs them once per input element).
 template <int R>
-__device__ __forceinline__ void fma_chunk(const float w[32], const float* __restrict__ x, int rows, int K, int k0,
-                                          bool vec, float acc[R], float* ss) {
+__device__ __forceinline__ void fma8(const float w[8], const float* __restrict__ x, int rows, int K, int e, bool vec,
+                                     float acc[R], float* ss) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r >= rows) break;
-        const float* xr = x + size_t(r) * K + k0;
-        float s = 0.0f, q = 0.0f;
+        const float* xr = x + size_t(r) * K + e;
+        float t[8];
         if (vec) {
-            const float4* x4 = reinterpret_cast<const float4*>(xr);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const float4 t = __ldg(x4 + i);
-                s += w[4 * i] * t.x + w[4 * i + 1] * t.y + w[4 * i + 2] * t.z + w[4 * i + 3] * t.w;
-                q += t.x * t.x + t.y * t.y + t.z * t.z + t.w * t.w;
-            }
+            const float4 a = __ldg(reinterpret_cast<const float4*>(xr));
+            const float4 b = __ldg(reinterpret_cast<const float4*>(xr) + 1);
+            t[0] = a.x; t[1] = a.y; t[2] = a.z; t[3] = a.w; t[4] = b.x; t[5] = b.y; t[6] = b.z; t[7] = b.w;
         } else {
 #pragma unroll
-            for (int i = 0; i < 32; ++i) {
-                const float t = (k0 + i < K) ? xr[i] : 0.0f;
-                s += w[i] * t;
-                q += t * t;
-            }
+            for (int i = 0; i < 8; ++i) t[i] = e + i < K ? xr[i] : 0.0f;
         }
-        acc[r] += s;
+        float sacc = 0.0f, q = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            sacc += w[i] * t[i];
+            q += t[i] * t[i];
+        }
+        acc[r] += sacc;
         if (ss) ss[r] += q;
     }
 }
 
-__device__ __forceinline__ void scale_by_norm(float w[32], const float* __restrict__ nw, int K, int k0, bool vec) {
+__device__ __forceinline__ void scale_by_norm(float w[8], const float* __restrict__ nw, int K, int e, bool vec) {
     if (vec) {
-        const float4* n4 = reinterpret_cast<const float4*>(nw + k0);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const float4 t = __ldg(n4 + i);
-            w[4 * i] *= t.x; w[4 * i + 1] *= t.y; w[4 * i + 2] *= t.z; w[4 * i + 3] *= t.w;
-        }
+        const float4 a = __ldg(reinterpret_cast<const float4*>(nw + e));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(nw + e) + 1);
+        w[0] *= a.x; w[1] *= a.y; w[2] *= a.z; w[3] *= a.w; w[4] *= b.x; w[5] *= b.y; w[6] *= b.z; w[7] *= b.w;
     } else {
 #pragma unroll
-        for (int i = 0; i < 32; ++i) w[i] *= (k0 + i < K) ? nw[k0 + i] : 0.0f;
+        for (int i = 0; i < 8; ++i) w[i] *= (e + i < K) ? nw[e + i] : 0.0f;
     }
 }
 
-// A warp's dot products of weight row(s) with the input rows. Each loop trip
-// issues the loads of two chunks before using either, so two blocks' worth of
-// weights are in flight per lane: either chunks c and c + 32 of row A, or (with
-// row B, the up row beside the gate row) chunk c of both rows. ss (optional)
-// collects the squares of the input for the fused norm.
+// A warp's dot products of weight row(s) with the input rows. Lane l takes the
+// 8 elements at 8l of every 256: the warp's loads of weights and inputs are
+// contiguous. Each loop trip issues two pieces' loads before using either:
+// pieces e and e + 256 of row A, or (with row B, the up row beside the gate
+// row) piece e of both rows. ss (optional) collects the squares of the input.
 template <int R, TensorType T>
 __device__ __forceinline__ void row_dot(const uint8_t* rowA, const uint8_t* rowB, int K, const float* __restrict__ x,
                                         int rows, const float* __restrict__ nw, float accA[R], float accB[R],
                                         float* ss) {
     const int lane = threadIdx.x & 31;
-    const int n_chunks = (K + 31) >> 5;
-    const bool vec = (K & 31) == 0;
-    const int step = rowB ? 32 : 64;
-    for (int c = lane; c < n_chunks; c += step) {
-        float w0[32], w1[32];
-        const int c1 = rowB ? c : c + 32;
-        const bool has1 = c1 < n_chunks;
-        load_chunk32<T>(rowA, c, K, w0);
-        if (has1) load_chunk32<T>(rowB ? rowB : rowA, c1, K, w1);
-        if (nw) scale_by_norm(w0, nw, K, 32 * c, vec);
-        fma_chunk<R>(w0, x, rows, K, 32 * c, vec, accA, ss);
+    const bool vec = (K & 7) == 0;
+    const int step = rowB ? 256 : 512;
+    for (int e = 8 * lane; e < K; e += step) {
+        float w0[8], w1[8];
+        const int e1 = rowB ? e : e + 256;
+        const bool has1 = e1 < K;
+        load8<T>(rowA, e, K, w0);
+        if (has1) load8<T>(rowB ? rowB : rowA, e1, K, w1);
+        if (nw) scale_by_norm(w0, nw, K, e, vec);
+        fma8<R>(w0, x, rows, K, e, vec, accA, ss);
         if (has1) {
-            if (nw) scale_by_norm(w1, nw, K, 32 * c1, vec);
-            fma_chunk<R>(w1, x, rows, K, 32 * c1, vec, rowB ? accB : accA, rowB ? nullptr : ss);
+            if (nw) scale_by_norm(w1, nw, K, e1, vec);
+            fma8<R>(w1, x, rows, K, e1, vec, rowB ? accB : accA, rowB ? nullptr : ss);
         }
     }
 }
@@ -169,12 +163,11 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatvecParams 
         }
     } else if (NORM) {
         // Only the squares are needed: walk the input.
-        for (int c = lane; c < (K + 31) / 32; c += 32)
-            for (int r = 0; r < rows && r < R; ++r)
-                for (int i = 0; i < 32 && 32 * c + i < K; ++i) {
-                    const float t = in.x[size_t(r) * K + 32 * c + i];
-                    ss[r] += t * t;
-                }
+        for (int i = lane; i < K; i += 32)
+            for (int r = 0; r < rows && r < R; ++r) {
+                const float t = in.x[size_t(r) * K + i];
+                ss[r] += t * t;
+            }
     }
     float inv[R];
 #pragma unroll
