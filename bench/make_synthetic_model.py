@@ -4,9 +4,9 @@ hand (the tokens it predicts are meaningless; the bytes it reads are real).
 
     python bench/make_synthetic_model.py /tmp/qwen7b-q4km.gguf --preset qwen2.5-7b
 
-Types follow llama.cpp's Q4_K_M recipe: Q4_K everywhere, Q6_K for the output
-and for attn_v / ffn_down of the first and last eighth of the layers and every
-third layer between them. Scales are drawn so that a row's dot product with a
+Types follow llama.cpp's Q4_K_M recipe (see TYPES): for 7B Q4_K everywhere,
+Q6_K for the output and for attn_v / ffn_down of the first and last eighth of
+the layers and every third layer between them. Scales are drawn so that a row's dot product with a
 unit-variance input stays near unit variance, which keeps the residual stream
 finite through all layers."""
 
@@ -23,9 +23,17 @@ PRESETS = {
     "qwen2.5-7b": ("qwen2", 28, 3584, 28, 4, 18944, 152064, 1000000.0),
     "qwen2.5-0.5b": ("qwen2", 24, 896, 14, 2, 4864, 151936, 1000000.0),
 }
+# Types as the real Q4_K_M files have them: 7B in K-quants; 0.5B (896 columns, not a
+# multiple of 256) mostly Q5_0, with Q8_0 for attn_v and the output, and K-quants for ffn_down.
+TYPES = {
+    "qwen2.5-7b": dict(embd="Q4_K", out="Q6_K", main="Q4_K", more="Q6_K", down="Q4_K", down_more="Q6_K"),
+    "qwen2.5-0.5b": dict(embd="Q5_0", out="Q8_0", main="Q5_0", more="Q8_0", down="Q4_K", down_more="Q6_K"),
+}
 
-# (offset, kind) of the f16 super-block scales; the rest of a block is random bits.
-SCALE_FIELDS = {"Q4_K": [0, 2], "Q6_K": [208]}
+# Offsets of the f16 scales of a block; the rest of a block is random bits.
+SCALE_FIELDS = {"Q4_K": [0, 2], "Q6_K": [208], "Q5_0": [0], "Q8_0": [0]}
+# A block's typical |quantized value| times its scale should be ~1/sqrt(cols): divisors per type.
+SCALE_DIV = {"Q4_K": 32 * 8, "Q6_K": 64 * 16, "Q5_0": 8, "Q8_0": 64}
 
 
 def random_kquant(rng, rows, cols, type_name):
@@ -33,9 +41,9 @@ def random_kquant(rng, rows, cols, type_name):
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     n_blocks = rows * cols // block
     raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
-    # Q4_K: value = d * sc * q - dmin * m with sc, m < 64 and q < 16; Q6_K: d * sc * (q - 32), |sc| < 128.
-    unit = 1.0 / np.sqrt(cols)
-    d = (unit / (32 * 8)) if type_name == "Q4_K" else (unit / (64 * 16))
+    # Q4_K: value = d * sc * q - dmin * m with sc, m < 64 and q < 16; Q6_K: d * sc * (q - 32), |sc| < 128;
+    # Q5_0: d * (q - 16); Q8_0: d * q, |q| < 128.
+    d = 1.0 / np.sqrt(cols) / SCALE_DIV[type_name]
     for off in SCALE_FIELDS[type_name]:
         vals = (rng.uniform(0.5, 1.0, n_blocks) * d).astype(np.float16)
         raw[:, off:off + 2] = vals.view(np.uint8).reshape(n_blocks, 2)
@@ -79,25 +87,28 @@ def main():
     def vector(name, n, center):
         w.add_tensor(name, (center + 0.05 * rng.standard_normal(n)).astype(np.float32))
 
-    matrix("token_embd.weight", vocab, d, "Q4_K")
+    ty = TYPES[args.preset]
+    matrix("token_embd.weight", vocab, d, ty["embd"])
     vector("output_norm.weight", d, 1.0)
-    matrix("output.weight", vocab, d, "Q6_K")
+    matrix("output.weight", vocab, d, ty["out"])
     for i in range(n_layers):
         p = f"blk.{i}."
-        more = "Q6_K" if uses_more_bits(i, n_layers) else "Q4_K"
+        big = uses_more_bits(i, n_layers)
+        more = ty["more"] if big else ty["main"]
+        down = ty["down_more"] if big else ty["down"]
         vector(p + "attn_norm.weight", d, 1.0)
-        matrix(p + "attn_q.weight", n_heads * hd, d, "Q4_K")
-        matrix(p + "attn_k.weight", n_kv * hd, d, "Q4_K")
+        matrix(p + "attn_q.weight", n_heads * hd, d, ty["main"])
+        matrix(p + "attn_k.weight", n_kv * hd, d, ty["main"])
         matrix(p + "attn_v.weight", n_kv * hd, d, more)
         if arch == "qwen2":
             vector(p + "attn_q.bias", n_heads * hd, 0.0)
             vector(p + "attn_k.bias", n_kv * hd, 0.0)
             vector(p + "attn_v.bias", n_kv * hd, 0.0)
-        matrix(p + "attn_output.weight", d, n_heads * hd, "Q4_K")
+        matrix(p + "attn_output.weight", d, n_heads * hd, ty["main"])
         vector(p + "ffn_norm.weight", d, 1.0)
-        matrix(p + "ffn_gate.weight", d_ff, d, "Q4_K")
-        matrix(p + "ffn_up.weight", d_ff, d, "Q4_K")
-        matrix(p + "ffn_down.weight", d, d_ff, more)
+        matrix(p + "ffn_gate.weight", d_ff, d, ty["main"])
+        matrix(p + "ffn_up.weight", d_ff, d, ty["main"])
+        matrix(p + "ffn_down.weight", d, d_ff, down)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

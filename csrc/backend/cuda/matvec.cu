@@ -17,9 +17,12 @@ namespace {
 
 constexpr int kWarps = 4;
 
+constexpr int kRowsPerWarp = 4;  // decode: weight rows per block, sharing each input load
+
 struct MatvecParams {
     MatvecJob jobs[kMaxMatvecJobs];
     int job_end[kMaxMatvecJobs];  // exclusive prefix sums of the jobs' heights
+    int group_end[kMaxMatvecJobs];  // the same in groups of kRowsPerWarp rows (one-row kernel)
     int n_jobs;
     MatvecInput in;
 };
@@ -207,6 +210,185 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatvecParams 
     }
 }
 
+// ---- one input row (decode) ---------------------------------------------------------------
+// A warp computes kRowsPerWarp outputs at once: each 8-element piece of the
+// input (and of the norm weight) is loaded once for all of them, and their
+// weight loads are all in flight together.
+template <TensorType T>
+__device__ __forceinline__ void rows_dot(const uint8_t* const rowp[kRowsPerWarp], int K, const float* __restrict__ x,
+                                         const float* __restrict__ nw, float acc[kRowsPerWarp], float& ss) {
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    const bool vec = (K & 7) == 0;
+    // The block's warps split K: warp wi takes every kWarps-th 256-element stretch.
+    for (int e = 8 * lane + 256 * wi; e < K; e += 256 * kWarps) {
+        float xs[8];
+        if (vec) {
+            const float4 a = __ldg(reinterpret_cast<const float4*>(x + e));
+            const float4 b = __ldg(reinterpret_cast<const float4*>(x + e) + 1);
+            xs[0] = a.x; xs[1] = a.y; xs[2] = a.z; xs[3] = a.w; xs[4] = b.x; xs[5] = b.y; xs[6] = b.z; xs[7] = b.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) xs[i] = e + i < K ? x[e + i] : 0.0f;
+        }
+        if (nw) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += xs[i] * xs[i];
+            float n8[8];
+            if (vec) {
+                const float4 a = __ldg(reinterpret_cast<const float4*>(nw + e));
+                const float4 b = __ldg(reinterpret_cast<const float4*>(nw + e) + 1);
+                n8[0] = a.x; n8[1] = a.y; n8[2] = a.z; n8[3] = a.w; n8[4] = b.x; n8[5] = b.y; n8[6] = b.z; n8[7] = b.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) n8[i] = e + i < K ? nw[e + i] : 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) xs[i] *= n8[i];
+        }
+        // Weights four rows at a time: their loads in flight together, registers bounded.
+#pragma unroll
+        for (int r0 = 0; r0 < kRowsPerWarp; r0 += 4) {
+            float w[4][8];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                if (rowp[r0 + r]) load8<T>(rowp[r0 + r], e, K, w[r]);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                if (!rowp[r0 + r]) continue;
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s += w[r][i] * xs[i];
+                acc[r0 + r] += s;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void rows_dot_any(TensorType type, const uint8_t* const rowp[kRowsPerWarp], int K,
+                                             const float* x, const float* nw, float acc[kRowsPerWarp], float& ss) {
+#define MN_CASE(T) \
+    case T: rows_dot<T>(rowp, K, x, nw, acc, ss); break;
+    switch (type) {
+        MN_CASE(TensorType::F32)
+        MN_CASE(TensorType::F16)
+        MN_CASE(TensorType::BF16)
+        MN_CASE(TensorType::Q4_0)
+        MN_CASE(TensorType::Q4_1)
+        MN_CASE(TensorType::Q5_0)
+        MN_CASE(TensorType::Q5_1)
+        MN_CASE(TensorType::Q8_0)
+        MN_CASE(TensorType::Q2_K)
+        MN_CASE(TensorType::Q3_K)
+        MN_CASE(TensorType::Q4_K)
+        MN_CASE(TensorType::Q5_K)
+        MN_CASE(TensorType::Q6_K)
+        default: break;  // rejected at upload
+    }
+#undef MN_CASE
+}
+
+// A block computes kRowsPerWarp outputs; its warps split K and their sums
+// meet in shared memory. SWIGLU: rows n, n+1 of gate and of up (one type).
+template <bool NORM, bool SWIGLU>
+__global__ void __launch_bounds__(kWarps * 32, 6) matvec1_kernel(const MatvecParams p) {
+    const MatvecInput& in = p.in;
+    const int K = in.K;
+    const int group = blockIdx.x;
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    constexpr int H = kRowsPerWarp / 2;  // SWIGLU: rows per matrix
+
+    int j = 0, n0 = 0;
+    bool live;
+    if (SWIGLU) {
+        n0 = group * H;
+        live = n0 < p.jobs[0].w.N;
+    } else {
+        while (j < p.n_jobs && group >= p.group_end[j]) ++j;
+        live = j < p.n_jobs;
+        if (live) n0 = (group - (j ? p.group_end[j - 1] : 0)) * kRowsPerWarp;
+    }
+    if (!live) return;  // block-uniform
+
+    const uint8_t* rowp[kRowsPerWarp];
+    TensorType type;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) rowp[r] = nullptr;
+    if (SWIGLU) {
+        const QMatrix& g = p.jobs[0].w;
+        const QMatrix& u = p.jobs[1].w;
+        type = g.type;
+#pragma unroll
+        for (int r = 0; r < H; ++r)
+            if (n0 + r < g.N) {
+                rowp[r] = g.data + size_t(n0 + r) * g.row_bytes;
+                rowp[H + r] = u.data + size_t(n0 + r) * u.row_bytes;
+            }
+    } else {
+        const QMatrix& m = p.jobs[j].w;
+        type = m.type;
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+            if (n0 + r < m.N) rowp[r] = m.data + size_t(n0 + r) * m.row_bytes;
+    }
+    float acc[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) acc[r] = 0.0f;
+    float ss = 0.0f;
+    rows_dot_any(type, rowp, K, in.x, NORM ? in.norm_weight : nullptr, acc, ss);
+
+    __shared__ float red[kWarps][kRowsPerWarp + 1];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) acc[r] = warp_sum(acc[r]);
+    if (NORM) ss = warp_sum(ss);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) red[wi][r] = acc[r];
+        red[wi][kRowsPerWarp] = ss;
+    }
+    __syncthreads();
+    float inv = 1.0f;
+    if (NORM) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) t += red[w][kRowsPerWarp];
+        inv = float(1.0 / sqrt(double(t) / K + double(in.eps)));
+        if (group == 0 && in.norm_out)
+            for (int i = threadIdx.x; i < K; i += blockDim.x) in.norm_out[i] = in.x[i] * inv * in.norm_weight[i];
+    }
+    if (threadIdx.x != 0) return;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) t += red[w][r];
+        acc[r] = t * inv;
+    }
+    if (SWIGLU) {
+        const MatvecJob& g = p.jobs[0];
+        const MatvecJob& u = p.jobs[1];
+#pragma unroll
+        for (int r = 0; r < H; ++r) {
+            const int n = n0 + r;
+            if (n >= g.w.N) break;
+            const float gv = acc[r] + (g.bias ? g.bias[n] : 0.0f);
+            const float uv = acc[H + r] + (u.bias ? u.bias[n] : 0.0f);
+            if (g.out != in.swiglu_out) g.out[n] = gv;
+            u.out[n] = uv;
+            in.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
+        }
+    } else {
+        const MatvecJob& job = p.jobs[j];
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+            const int n = n0 + r;
+            if (n >= job.w.N) break;
+            const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
+            job.out[n] = v;
+            if (job.residual) job.residual[n] += v;
+        }
+    }
+}
+
 template <int R>
 void launch_rows(const MatvecParams& p, bool norm, bool swiglu, int n_warps, cudaStream_t stream) {
     const int blocks = (n_warps + kWarps - 1) / kWarps;
@@ -231,13 +413,29 @@ void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cud
     }
     p.n_jobs = n_jobs;
     p.in = in;
+    int groups = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+        groups += (jobs[j].w.N + kRowsPerWarp - 1) / kRowsPerWarp;
+        p.group_end[j] = groups;
+    }
     const bool norm = in.norm_weight != nullptr;
     const bool swiglu = in.swiglu_out != nullptr;
     if (swiglu && (!norm || n_jobs != 2 || jobs[0].w.N != jobs[1].w.N))
         throw Error("cuda matvec: fused SwiGLU needs the norm and two products of one height");
     const int n_warps = swiglu ? jobs[0].w.N : total;
-    if (in.rows == 1) launch_rows<1>(p, norm, swiglu, n_warps, stream);
-    else launch_rows<kMaxMatvecRows>(p, norm, swiglu, n_warps, stream);
+    if (in.rows == 1) {
+        const int blocks = swiglu ? (jobs[0].w.N + kRowsPerWarp / 2 - 1) / (kRowsPerWarp / 2) : groups;
+        if (swiglu && jobs[0].w.type == jobs[1].w.type)
+            matvec1_kernel<true, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+        else if (swiglu)
+            launch_rows<1>(p, norm, swiglu, n_warps, stream);  // gate and up of different types
+        else if (norm)
+            matvec1_kernel<true, false><<<blocks, kWarps * 32, 0, stream>>>(p);
+        else
+            matvec1_kernel<false, false><<<blocks, kWarps * 32, 0, stream>>>(p);
+    } else {
+        launch_rows<kMaxMatvecRows>(p, norm, swiglu, n_warps, stream);
+    }
     MN_CUDA_CHECK_LAUNCH("matvec_kernel");
 }
 
