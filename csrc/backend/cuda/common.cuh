@@ -322,22 +322,9 @@ __device__ __forceinline__ void load8(const uint8_t* row, int e, int K, float v[
         constexpr bool q5 = T == TensorType::Q5_K;
         const uint8_t* b = row + size_t(e >> 8) * (q5 ? 176 : 144);
         const int j = (e >> 5) & 7, l0 = e & 31;
-        // d, dmin and the 12 scale bytes in one 16-byte load (blocks are 16-byte aligned).
-        const uint4 hdr = *reinterpret_cast<const uint4*>(b);
-        const float d = __half2float(__ushort_as_half(uint16_t(hdr.x & 0xFFFF)));
-        const float dmin = __half2float(__ushort_as_half(uint16_t(hdr.x >> 16)));
-        auto sbyte = [&](int i) -> int {  // scale byte i of 12, without indexing a register array
-            const uint32_t w = i < 4 ? hdr.y : (i < 8 ? hdr.z : hdr.w);
-            return int((w >> (8 * (i & 3))) & 0xFF);
-        };
+        const float d = f16_at(b), dmin = f16_at(b + 2);
         int sc, mn;
-        if (j < 4) {
-            sc = sbyte(j) & 63;
-            mn = sbyte(j + 4) & 63;
-        } else {
-            sc = (sbyte(j + 4) & 0xF) | ((sbyte(j - 4) >> 6) << 4);
-            mn = (sbyte(j + 4) >> 4) | ((sbyte(j) >> 6) << 4);
-        }
+        k_scale_min(b + 4, j, sc, mn);
         const float dl = d * float(sc), ml = dmin * float(mn);
         const uint2 q = *reinterpret_cast<const uint2*>(b + (q5 ? 48 : 16) + 32 * (j >> 1) + l0);  // 8-byte aligned
         uint2 h = make_uint2(0, 0);
