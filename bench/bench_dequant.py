@@ -21,12 +21,14 @@ from quant_ref import ALL_TYPES, BLOCK, random_blocks  # noqa: E402
 
 
 def best_time(fn, repeat):
+    # CPU time of this (single-threaded) process: the machine is shared, and
+    # wall time would count the time slices other processes take.
     fn()
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
 
 

@@ -232,3 +232,27 @@ def test_format_value_handles_numpy_and_lists():
     assert format_value(float(np.float32(1e-6))) == "1e-06"
     assert format_value("x" * 500).endswith("(500 chars, truncated; --full shows all)")
     assert format_value("x" * 500, full=True) == repr("x" * 500)
+
+
+def test_inspect_split_model(tmp_path):
+    from metallic_native import GGUFFile
+    if not hasattr(GGUFFile, "part_paths"):
+        pytest.skip("this GGUFFile does not open split models")
+    import gguf
+    import numpy as np
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama", split_max_tensors=2)
+    w.add_block_count(1)
+    for i in range(3):
+        w.add_tensor(f"t{i}", np.ones((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    first = tmp_path / "m-00001-of-00002.gguf"
+    proc = run(["inspect", str(first)])
+    assert proc.returncode == 0, proc.stderr
+    assert "split model: 2 files" in proc.stdout and "m-00002-of-00002.gguf" in proc.stdout
+    assert re.search(r"^\s+name\s+type\s+shape\s+bytes\s+offset\s+part$", proc.stdout, re.M)
+    assert re.search(r"^\s+t2\s+F32\s+8 x 4\s+128\s+\S+\s+1$", proc.stdout, re.M)
+    doc = json.loads(run(["inspect", "--json", str(first)]).stdout)
+    assert len(doc["parts"]) == 2 and doc["tensors"][2]["part"] == 1

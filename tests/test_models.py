@@ -412,3 +412,22 @@ def test_progress_non_tty_is_compact():
     q.note("hello")
     q.close("bye")
     assert disabled.getvalue() == ""
+
+
+def test_progress_survives_a_closed_stream():
+    from metallic_native._progress import Progress
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+    p = Progress(10, "x", stream=Closed(), tty=True)
+    p.update(5)           # must not raise: progress output is best-effort
+    p.note("hello")
+    p.close("done")
+    assert p.done == 5 and not p.enabled

@@ -27,15 +27,31 @@ namespace mn::python {
 
 namespace {
 
+PyObject* decode_utf8(const char* p, size_t n);
+
 // str from UTF-8 bytes of the file; invalid UTF-8 is a GGUFError naming where.
 py::object to_str(const GGUFFile& f, const StringRef& s, const std::string& field) {
     std::string_view v = f.str(s);
-    PyObject* o = PyUnicode_DecodeUTF8(v.data(), static_cast<Py_ssize_t>(v.size()), "strict");
+    PyObject* o = decode_utf8(v.data(), v.size());
     if (o == nullptr) {
         PyErr_Clear();
         throw GGUFError(f.path(), s.offset, field, "string is not valid UTF-8");
     }
     return py::reinterpret_steal<py::object>(o);
+}
+
+// New str from UTF-8 bytes, or nullptr with a Python error set. Vocabulary
+// strings are mostly short and ASCII: for those, a compact ASCII object is
+// allocated and filled directly, skipping the general decoder.
+PyObject* decode_utf8(const char* p, size_t n) {
+    bool ascii = true;
+    for (size_t i = 0; i < n; ++i) {
+        if (static_cast<unsigned char>(p[i]) >= 0x80) { ascii = false; break; }
+    }
+    if (!ascii) return PyUnicode_DecodeUTF8(p, static_cast<Py_ssize_t>(n), "strict");
+    PyObject* o = PyUnicode_New(static_cast<Py_ssize_t>(n), 127);
+    if (o != nullptr) std::memcpy(PyUnicode_DATA(o), p, n);
+    return o;
 }
 
 template <class T>
@@ -70,7 +86,7 @@ py::object convert_array(const GGUFFile& f, const MetaValue& v, const std::strin
             std::string_view base = f.str(StringRef{0, 0});
             for (size_t i = 0; i < v.strings.size(); ++i) {
                 const StringRef& s = v.strings[i];
-                PyObject* o = PyUnicode_DecodeUTF8(base.data() + s.offset, static_cast<Py_ssize_t>(s.size), "strict");
+                PyObject* o = decode_utf8(base.data() + s.offset, static_cast<size_t>(s.size));
                 if (o == nullptr) {
                     PyErr_Clear();
                     throw GGUFError(f.path(), s.offset, "metadata '" + key + "' element " + std::to_string(i),
@@ -235,7 +251,24 @@ void bind_gguf(py::module_& m) {
         .def("tensor_infos", &PyGGUFFile::tensor_infos)
         .def("raw", &PyGGUFFile::raw, py::arg("name"))
         .def("dequantize", &PyGGUFFile::dequantize, py::arg("name"), py::arg("isa") = "auto")
-        .def("close", &PyGGUFFile::close);
+        .def("close", &PyGGUFFile::close)
+        // The typed C++ accessors model loaders use (GGUFFile::get_*), exposed
+        // so tests can check their conversions and errors.
+        .def("_typed_get", [](const PyGGUFFile& s, const std::string& key, const std::string& kind) -> py::object {
+            auto f = s.get();
+            if (kind == "int") return py::cast(f->get_int(key));
+            if (kind == "float") return py::cast(f->get_float(key));
+            if (kind == "bool") return py::cast(f->get_bool(key));
+            if (kind == "string") return py::cast(f->get_string(key));
+            if (kind == "string_array") {
+                py::list out;
+                for (std::string_view v : f->get_string_array(key)) out.append(py::bytes(v.data(), v.size()));
+                return std::move(out);
+            }
+            if (kind == "int_array") return py::cast(f->get_int_array(key));
+            if (kind == "float_array") return py::cast(f->get_float_array(key));
+            throw InvalidArgument("unknown kind '" + kind + "'");
+        });
 
     // Native parse only (no Python objects built), for bench/bench_parse.py.
     m.def("_gguf_parse_only", [](const std::string& path) {

@@ -18,6 +18,8 @@ namespace mn::python {
 
 namespace {
 
+constexpr int kDefaultContextCap = 4096;
+
 class ModelHandle {
 public:
     ModelHandle(const std::string& path, int n_ctx, int n_threads, const std::string& backend,
@@ -36,7 +38,9 @@ public:
         vocab_ = int(weights.token_embd.ne1);
         if (config.vocab_size == 0) config.vocab_size = vocab_;
         TransformerOptions options;
-        options.n_ctx = n_ctx;
+        // n_ctx 0: the model's trained context, capped so a long-context model
+        // does not reserve a cache nobody asked for.
+        options.n_ctx = n_ctx > 0 ? n_ctx : std::min(config.n_ctx_train, kDefaultContextCap);
         options.max_batch = max_batch;
         if (kv_type == "f16") options.kv_type = DType::F16;
         else if (kv_type == "f32") options.kv_type = DType::F32;
@@ -150,7 +154,7 @@ private:
 void bind_model(py::module_& m) {
     py::class_<ModelHandle>(m, "Model")
         .def(py::init<const std::string&, int, int, const std::string&, const std::string&, const std::string&, int>(),
-             py::arg("path"), py::arg("n_ctx"), py::arg("n_threads") = 0, py::arg("backend") = "auto",
+             py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("backend") = "auto",
              py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256)
         .def("eval", &ModelHandle::eval, py::arg("tokens"), py::arg("all_logits") = false,
              py::arg("capture_hidden") = false, py::arg("top_k") = 0)

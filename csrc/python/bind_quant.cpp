@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "python/bindings.h"
 #include "quant/dequantize.h"
+#include "quant/dot.h"
 #include "quant/formats.h"
 
 namespace py = pybind11;
@@ -24,7 +25,12 @@ TensorType resolve_type(const py::handle& type, const char* param) {
     if (py::isinstance<py::bool_>(type))
         throw InvalidArgument(std::string(param) + ": expected a type name or id, got a bool");
     if (py::isinstance<py::int_>(type)) {
-        const long long id = type.cast<long long>();
+        long long id = -1;
+        try {
+            id = type.cast<long long>();
+        } catch (const py::cast_error&) {  // beyond 64 bits
+            throw InvalidArgument(std::string(param) + ": unknown tensor type id " + std::string(py::str(type)));
+        }
         if (id < 0 || id > 0xffff || !type_traits(uint32_t(id)))
             throw InvalidArgument(std::string(param) + ": unknown tensor type id " + std::to_string(id));
         return TensorType(uint32_t(id));
@@ -39,6 +45,8 @@ TensorType resolve_type(const py::handle& type, const char* param) {
     throw InvalidArgument(std::string(param) + ": expected a type name (str) or id (int), got " +
                           std::string(py::str(py::type::handle_of(type).attr("__name__"))));
 }
+
+const char* isa_name_of(Isa isa) { return isa_name(isa); }
 
 Isa resolve_isa(const std::string& isa) {
     try {
@@ -137,6 +145,72 @@ py::array_t<uint8_t> quantize(const py::array_t<float, py::array::c_style | py::
     return out;
 }
 
+// Validates a C-contiguous byte-addressable buffer of exactly `need` bytes.
+py::buffer_info contiguous_bytes(const py::buffer& buf, const char* param, uint64_t need, const std::string& what) {
+    py::buffer_info info = buf.request();
+    py::ssize_t expect_stride = info.itemsize;
+    for (py::ssize_t k = info.ndim - 1; k >= 0; --k) {
+        if (info.shape[size_t(k)] > 1 && info.strides[size_t(k)] != expect_stride)
+            throw InvalidArgument(std::string(param) + ": the buffer must be C-contiguous");
+        expect_stride *= info.shape[size_t(k)];
+    }
+    const uint64_t have = uint64_t(info.size) * uint64_t(info.itemsize);
+    if (have != need)
+        throw InvalidArgument(std::string(param) + ": has " + std::to_string(have) + " bytes but " + what + " take " +
+                              std::to_string(need) + " bytes");
+    return info;
+}
+
+py::dict dot_info(const py::object& type, const std::string& isa_name) {
+    const TensorType t = resolve_type(type, "weight_type");
+    const DotKernel k = get_dot_kernel(t, resolve_isa(isa_name));
+    if (!k.fn) throw InvalidArgument(std::string("weight_type: no dot kernel for ") + type_traits(t)->name);
+    py::dict d;
+    d["act_type"] = type_traits(k.act_type)->name;
+    d["isa"] = isa_name_of(k.isa);
+    return d;
+}
+
+// out[r, c] = dot(weight row r, activation row c): the engine's kernel on
+// caller-provided rows (activations already in the kernel's format).
+py::array_t<float> dot(const py::buffer& w, const py::object& type, const py::buffer& a, int64_t n, int64_t nr,
+                       int64_t nc, const std::string& isa_name) {
+    const TensorType t = resolve_type(type, "weight_type");
+    const TypeTraits& wt = *type_traits(t);
+    const DotKernel k = get_dot_kernel(t, resolve_isa(isa_name));
+    if (!k.fn) throw InvalidArgument(std::string("weight_type: no dot kernel for ") + wt.name);
+    const TypeTraits& at = *type_traits(k.act_type);
+    if (n < 0 || n > (int64_t(1) << 40) || n % wt.block_size != 0 || n % at.block_size != 0)
+        throw InvalidArgument("n: " + std::to_string(n) + " must be a non-negative multiple of the " + wt.name +
+                              " and " + at.name + " block sizes (and below 2^40)");
+    if (nr < 0 || nr > (1 << 30)) throw InvalidArgument("nr: out of range: " + std::to_string(nr));
+    if (nc < 0 || nc > (1 << 30)) throw InvalidArgument("nc: out of range: " + std::to_string(nc));
+    const uint64_t wrb = row_bytes(wt, n), arb = row_bytes(at, n);
+    const py::buffer_info wi = contiguous_bytes(w, "w", wrb * uint64_t(nr), std::to_string(nr) + " rows of " +
+                                                std::to_string(n) + " " + wt.name + " elements");
+    const py::buffer_info ai = contiguous_bytes(a, "a", arb * uint64_t(nc), std::to_string(nc) + " rows of " +
+                                                std::to_string(n) + " " + at.name + " elements");
+    // The SIMD kernels rely on |q| <= 127 in the activations (quantize() output).
+    if (k.act_type != TensorType::F32) {
+        const size_t qoff = k.act_type == TensorType::Q8_0 ? 2 : 4, nq = at.block_size;
+        const uint8_t* p = static_cast<const uint8_t*>(ai.ptr);
+        for (uint64_t blk = 0; blk < uint64_t(nc) * (n / at.block_size); ++blk)
+            for (size_t j = 0; j < nq; ++j)
+                if (p[blk * at.type_size + qoff + j] == 0x80)
+                    throw InvalidArgument("a: block " + std::to_string(blk) + " holds the quant -128; activations "
+                                          "must come from quantize() (|q| <= 127)");
+    }
+    py::array_t<float> out({static_cast<py::ssize_t>(nr), static_cast<py::ssize_t>(nc)});
+    float* o = out.mutable_data();
+    const void* wp = wi.ptr;
+    const void* ap = ai.ptr;
+    {
+        py::gil_scoped_release release;
+        if (nr && nc) k.fn(n, wp, size_t(wrb), int(nr), ap, size_t(arb), int(nc), o, size_t(nc));
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
@@ -151,6 +225,13 @@ void bind_quant(py::module_& m) {
     m.def("quantize", &quantize, py::arg("x"), py::arg("type"), py::arg("isa") = "auto",
           "Encode the finite floats of x (any shape, read in C order; size a multiple of the block size) as "
           "Q8_0, Q8_1 or Q8_K; returns the raw blocks as a uint8 array.");
+    m.def("dot_info", &dot_info, py::arg("weight_type"), py::arg("isa") = "auto",
+          "The dot kernel for a weight type: dict(act_type=activation format, isa=kernel family that runs).");
+    m.def("dot", &dot, py::arg("w"), py::arg("weight_type"), py::arg("a"), py::arg("n"), py::arg("nr"),
+          py::arg("nc"), py::arg("isa") = "auto",
+          "out[r, c] = dot(weight row r, activation row c) as a (nr, nc) float32 array. w: nr rows of n "
+          "elements of weight_type; a: nc rows of n elements in dot_info(weight_type)['act_type'] (from "
+          "quantize(), or float32 for F32/F16/BF16 weights).");
 }
 
 }  // namespace mn::python

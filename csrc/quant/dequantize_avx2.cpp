@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "common/fp16.h"
+#include "quant/avx2_util.h"
 #include "quant/blocks.h"
 #include "quant/kernels.h"
 
@@ -47,32 +48,6 @@ inline void put32_mul_add(float* y, __m256i q, __m256 d, __m256 m) {
 inline void put32_mul_sub(float* y, __m256i q, __m256 d, __m256 m) {
     put16_mul_sub(y, lo128(q), d, m);
     put16_mul_sub(y + 16, hi128(q), d, m);
-}
-
-// 16 packed nibble bytes -> 32 bytes: elements 0..15 (low nibbles) in the low
-// lane, 16..31 (high nibbles) in the high lane: the Q4_x/Q5_x element order.
-inline __m256i unpack_nibbles32(const uint8_t* qs) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
-}
-
-// Bit i of the little-endian 32-bit word at p -> byte i = 0x10 if set, else 0.
-inline __m256i expand_bits_0x10(const uint8_t* p) {
-    uint32_t bits;
-    std::memcpy(&bits, p, 4);
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i sel = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
-    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-// Byte-wise (v >> shift) & mask, shifting 16-bit lanes (the mask drops the bits
-// that crossed from the neighbour byte).
-inline __m256i shr_mask(__m256i v, int shift, int mask) {
-    return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(char(mask)));
 }
 
 void deq_f32(const void* src, float* y, int64_t n) { std::memcpy(y, src, size_t(n) * 4); }

@@ -10,6 +10,7 @@
 
 #include "common/fp16.h"
 #include "quant/blocks.h"
+#include "quant/neon_util.h"
 #include "quant/kernels.h"
 
 namespace mn::detail {
@@ -31,20 +32,6 @@ inline void put16(float* y, int8x16_t q, float32x4_t d, float32x4_t m) {
 inline void put16_mul(float* y, int8x16_t q, float d) { put16<0>(y, q, vdupq_n_f32(d), vdupq_n_f32(0.0f)); }
 inline void put16_mul_add(float* y, int8x16_t q, float d, float m) { put16<1>(y, q, vdupq_n_f32(d), vdupq_n_f32(m)); }
 inline void put16_mul_sub(float* y, int8x16_t q, float d, float m) { put16<2>(y, q, vdupq_n_f32(d), vdupq_n_f32(m)); }
-
-inline int8x16_t s8(uint8x16_t v) { return vreinterpretq_s8_u8(v); }
-inline uint8x16_t shr(uint8x16_t v, int n) { return vshlq_u8(v, vdupq_n_s8(int8_t(-n))); }
-
-// Bits 0..15 (half 0) or 16..31 (half 1) of the little-endian word at p -> 0x10 per set bit.
-inline uint8x16_t expand_bits_0x10(const uint8_t* p, int half) {
-    uint32_t bits;
-    std::memcpy(&bits, p, 4);
-    const uint8x16_t bytes = vreinterpretq_u8_u32(vdupq_n_u32(bits));
-    const uint8_t idx0[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-    const uint8_t sel[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-    const uint8x16_t idx = vaddq_u8(vld1q_u8(idx0), vdupq_n_u8(uint8_t(2 * half)));
-    return vandq_u8(vtstq_u8(vqtbl1q_u8(bytes, idx), vld1q_u8(sel)), vdupq_n_u8(0x10));
-}
 
 void deq_f32(const void* src, float* y, int64_t n) { std::memcpy(y, src, size_t(n) * 4); }
 

@@ -30,6 +30,8 @@ const TypeTraits* type_traits(uint32_t type_id);
 inline const TypeTraits* type_traits(TensorType t) { return type_traits(static_cast<uint32_t>(t)); }
 // Lookup by the type's name ("Q4_K", case-sensitive); nullptr if unknown.
 const TypeTraits* type_traits_by_name(const std::string& name);
+// Bytes of a row of n elements (n a multiple of the block size).
+inline uint64_t row_bytes(const TypeTraits& tt, int64_t n) { return uint64_t(n / tt.block_size) * tt.type_size; }
 // The id of a table entry returned by type_traits*().
 uint32_t type_id(const TypeTraits* traits);
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "quant/dot.h"
 #include "quant/formats.h"
 
 namespace mn::detail {
@@ -16,13 +17,16 @@ using QuantFn = void (*)(const float* src, void* dst, int64_t nblocks);
 
 DequantFn dequant_fn_scalar(TensorType t);
 QuantFn quant_fn_scalar(TensorType t);
+DotFn dot_fn_scalar(TensorType weight_type);
 #if defined(METALLIC_HAVE_AVX2)
 DequantFn dequant_fn_avx2(TensorType t);
 QuantFn quant_fn_avx2(TensorType t);
+DotFn dot_fn_avx2(TensorType weight_type);
 #endif
 #if defined(METALLIC_HAVE_NEON)
 DequantFn dequant_fn_neon(TensorType t);
 QuantFn quant_fn_neon(TensorType t);
+DotFn dot_fn_neon(TensorType weight_type);
 #endif
 
 }  // namespace mn::detail

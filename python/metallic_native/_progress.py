@@ -116,7 +116,15 @@ class Progress:
             self._clear()
         if message:
             self._line(message, self._clock())
-        self.stream.flush()
+
+    def _write(self, text: str) -> None:
+        # Progress is cosmetic: if stderr goes away (closed pipe, full disk),
+        # stop reporting instead of failing the download it describes.
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
 
     def _draw(self, now: float) -> None:
         width = shutil.get_terminal_size((80, 20)).columns
@@ -132,19 +140,17 @@ class Progress:
             # A label cut to a few characters says nothing; shorten or drop it.
             label = label[:room - 3] + "..." if room >= 12 else ""
         text = "  ".join(x for x in (label, bar, status) if x)[: width - 1]
-        self.stream.write("\r" + text.ljust(width - 1))
-        self.stream.flush()
+        self._write("\r" + text.ljust(width - 1))
         self._drawn = True
         self._last_draw = now
 
     def _clear(self) -> None:
         width = shutil.get_terminal_size((80, 20)).columns
-        self.stream.write("\r" + " " * (width - 1) + "\r")
+        self._write("\r" + " " * (width - 1) + "\r")
         self._drawn = False
 
     def _line(self, text: str, now: float) -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
         self._last_line = now
         if self.tty:
             self._last_draw = float("-inf")  # redraw the bar below the note

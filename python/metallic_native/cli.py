@@ -1,5 +1,7 @@
 """The `metallic` command line.
 
+    metallic generate [-m MODEL] PROMPT stream a generated answer (cli_generate.py)
+    metallic chat [-m MODEL]            interactive chat with history (cli_generate.py)
     metallic list                       models in the registry and whether they are cached
     metallic pull [NAME] [--force]      fetch a model into the cache, print its path
     metallic inspect FILE|NAME          metadata and tensor table of a GGUF file
@@ -193,34 +195,45 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     # Imported here so `metallic --help` and `pull` do not depend on the native reader.
     from . import GGUFFile
 
-    file_size = path.stat().st_size
     with GGUFFile(path) as f:
         metadata = f.metadata
         tensors = list(f.tensors.values())
         version = getattr(f, "version", None)
+        # A split model (name-00001-of-0000N.gguf) opens as one set of files.
+        part_paths = [str(p) for p in getattr(f, "part_paths", None) or [path]]
+        file_size = sum(os.path.getsize(p) for p in part_paths)
         summary = _summary(tensors)
         if args.json:
             doc: Dict[str, Any] = {"file": str(path), "file_bytes": file_size}
+            if len(part_paths) > 1:
+                doc["parts"] = part_paths
             if version is not None:
                 doc["version"] = version
             doc["metadata"] = {k: _json_value(v, args.full) for k, v in metadata.items()}
             if args.tensors:
                 doc["tensors"] = [{"name": t.name, "type": str(t.type),
                                    "shape": [int(d) for d in t.shape],
-                                   "bytes": int(t.nbytes), "offset": int(t.offset)}
+                                   "bytes": int(t.nbytes), "offset": int(t.offset),
+                                   **({"part": int(t.part)} if len(part_paths) > 1 else {})}
                                   for t in tensors]
             doc["summary"] = summary
             json.dump(doc, sys.stdout, indent=1)
             sys.stdout.write("\n")
             return 0
-        _print_inspect(path, file_size, version, metadata, tensors, summary, args)
+        _print_inspect(path, part_paths, file_size, version, metadata, tensors, summary, args)
     return 0
 
 
-def _print_inspect(path, file_size, version, metadata, tensors, summary, args) -> None:
+def _print_inspect(path, part_paths, file_size, version, metadata, tensors, summary, args) -> None:
     out = sys.stdout
     ver = f", GGUF v{version}" if version is not None else ""
-    out.write(f"file: {path} ({file_size:,} bytes{ver})\n")
+    split = len(part_paths) > 1
+    if split:
+        out.write(f"file: {path} (split model: {len(part_paths)} files, {file_size:,} bytes{ver})\n")
+        for i, p in enumerate(part_paths):
+            out.write(f"  part {i}: {p}\n")
+    else:
+        out.write(f"file: {path} ({file_size:,} bytes{ver})\n")
     out.write(f"metadata: {len(metadata)} keys\n")
     width = max((len(k) for k in metadata), default=0)
     for key, value in metadata.items():
@@ -228,11 +241,11 @@ def _print_inspect(path, file_size, version, metadata, tensors, summary, args) -
 
     if args.tensors:
         out.write(f"tensors: {len(tensors)}\n")
-        header = ("name", "type", "shape", "bytes", "offset")
+        header = ("name", "type", "shape", "bytes", "offset") + (("part",) if split else ())
         rows = [(t.name, str(t.type), _shape_text(t.shape), f"{int(t.nbytes):,}", f"{int(t.offset):,}")
-                for t in tensors]
+                + ((str(t.part),) if split else ()) for t in tensors]
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-        right = (False, False, False, True, True)
+        right = (False, False, False, True, True, True)
         for row in [header] + rows:
             cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
             out.write("  " + "  ".join(cells).rstrip() + "\n")
@@ -250,7 +263,9 @@ def _print_inspect(path, file_size, version, metadata, tensors, summary, args) -
 # --- entry point ---------------------------------------------------------------------
 
 # One registration function per subcommand, in the order `--help` lists them.
-COMMANDS: Sequence[Callable[[Any], None]] = (_add_list, _add_pull, _add_inspect)
+from .cli_generate import add_chat as _add_chat, add_generate as _add_generate  # noqa: E402
+
+COMMANDS: Sequence[Callable[[Any], None]] = (_add_generate, _add_chat, _add_list, _add_pull, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import _core
-
-# KV cache length used when the caller gives none: the model's trained context,
-# capped so a 32k-context model does not reserve memory nobody asked for.
-DEFAULT_N_CTX_CAP = 4096
+from .generation import GenerationMixin
 
 
-class Model:
+class Model(GenerationMixin):
     """A GGUF model loaded for inference.
 
     Model(path_or_name, n_ctx=None, n_threads=None, backend="auto")
@@ -29,6 +26,9 @@ class Model:
     isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
     max_batch: prompt tokens processed per prefill chunk.
 
+    Text generation (generate, stream, chat, create_completion,
+    create_chat_completion) comes from GenerationMixin (generation.py).
+
     The native work of eval() runs with the GIL released. One call runs at a
     time per Model; use one Model per thread for parallel work.
     """
@@ -36,21 +36,63 @@ class Model:
     def __init__(self, path_or_name: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
                  backend: str = "auto", *, kv_type: str = "f16", isa: str = "auto", max_batch: int = 256):
         from . import models
-        from .gguf import GGUFFile
 
         path = models.resolve(path_or_name)
-        if n_ctx is None:
-            with GGUFFile(path) as f:
-                arch = f.metadata.get("general.architecture", "")
-                n_ctx_train = int(f.metadata.get(f"{arch}.context_length", 2048))
-            n_ctx = min(n_ctx_train, DEFAULT_N_CTX_CAP)
-        _check_int("n_ctx", n_ctx, 1)
+        if n_ctx is not None:
+            _check_int("n_ctx", n_ctx, 1)
         if n_threads is not None:
             _check_int("n_threads", n_threads, 1)
         _check_int("max_batch", max_batch, 1)
         self.path = path
-        self._native = _core.Model(str(path), int(n_ctx), int(n_threads or 0), backend, kv_type, isa, int(max_batch))
+        self._native = _core.Model(str(path), int(n_ctx or 0), int(n_threads or 0), backend, kv_type, isa,
+                                   int(max_batch))
         self.config = dict(self._native.config)
+        # Built on first use: the tokenizer takes a few hundred ms for a 150k vocabulary,
+        # which callers that only need logits should not pay.
+        self._metadata = None
+        self._tokenizer = None
+        self._chat_template = None
+
+    # ---- file metadata, tokenizer, chat template ---------------------------------------------
+    @property
+    def metadata(self) -> dict:
+        """The GGUF file's metadata as plain Python values."""
+        if self._metadata is None:
+            from .gguf import GGUFFile
+
+            with GGUFFile(self.path) as f:
+                self._metadata = f.metadata
+        return self._metadata
+
+    @property
+    def tokenizer(self):
+        """The tokenizer built from the file's vocabulary and merges (metallic_native.tokenizer.Tokenizer)."""
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_metadata(self.metadata)
+        return self._tokenizer
+
+    @property
+    def chat_template(self):
+        """The file's chat template (metallic_native.chat.ChatTemplate), or None if it has none."""
+        if self._chat_template is None:
+            from .chat import ChatTemplate, NoChatTemplateError
+
+            try:
+                self._chat_template = ChatTemplate.from_metadata(self.metadata)
+            except NoChatTemplateError:
+                return None
+        return self._chat_template
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of text. add_special adds BOS/EOS as the model's metadata asks;
+        parse_special turns special-token text such as "<|im_end|>" into that token."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids, skip_special: bool = False) -> str:
+        """Text of token ids."""
+        return self.tokenizer.decode(list(ids), skip_special=skip_special)
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -76,11 +118,18 @@ class Model:
 
     def reset(self) -> None:
         """Empties the KV cache."""
+        self._forget_prefix_record()
         self._native.reset()
 
     def truncate(self, n: int) -> None:
         """Keeps the first n cached tokens and forgets the rest (for prefix reuse)."""
+        self._forget_prefix_record()
         self._native.truncate(int(n))
+
+    def _generation_engine(self):
+        # Generation drives the native handle directly: the public eval/truncate/reset
+        # forget generation's record of the cache, since they change it behind its back.
+        return self._native
 
     # ---- compute -----------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int] | np.ndarray, *, all_logits: bool = False,
@@ -105,6 +154,7 @@ class Model:
             raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+        self._forget_prefix_record()
         return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden, int(top_k))
 
     # ---- lifetime ----------------------------------------------------------------------------

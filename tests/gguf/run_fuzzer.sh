@@ -30,6 +30,6 @@ cp -n tests/gguf/corpus/seeds/* fuzz-out/corpus/ 2>/dev/null || true
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0"
 nice ./build/fuzz/fuzz_gguf fuzz-out/corpus \
-  -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout=10 \
+  -max_len=65536 -rss_limit_mb=2048 -malloc_limit_mb=16 -timeout=10 \
   -max_total_time="$SECONDS_TO_RUN" -print_final_stats=1 \
   -artifact_prefix=fuzz-out/artifacts/ "$@"

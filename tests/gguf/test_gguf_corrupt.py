@@ -364,7 +364,9 @@ def test_ne0_not_block_multiple(tmp_path, rt):
                  t["info_offset"], "ne\\[0\\] = 48 is not a multiple of the Q8_0 block size 32")
 
 
-@pytest.mark.parametrize("type_id", [4, 5, 31, 38, 40, 1000, 2**32 - 1])
+# Ids ggml removed (4, 5, 31-33, 36-38) or never assigned; new ids get added
+# at the end of the table over time, so only far-off ones stand for "future".
+@pytest.mark.parametrize("type_id", [4, 5, 31, 38, 1000, 2**32 - 1])
 def test_unknown_tensor_type(tmp_path, simple, type_id):
     p, lay = simple
     off = lay["tensors"]["t2"]["type_offset"]

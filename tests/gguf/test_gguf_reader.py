@@ -270,3 +270,27 @@ def test_real_model_dequantize_matches_reference(real):
             ref = gguf.quants.dequantize(f.raw(t.name).reshape(t.np_shape[:-1] + (-1,)), QT(t.type_id))
             assert out.shape == t.np_shape == ref.shape, t
             np.testing.assert_array_equal(out, ref.astype(np.float32), err_msg=t.name)
+
+
+def test_typed_accessors(roundtrip):
+    # The C++ getters (GGUFFile::get_int, ...) that model loaders use.
+    p, _ = roundtrip
+    with GGUFFile(p) as f:
+        g = f._native._typed_get
+        assert g("t.u32", "int") == 4_000_000_000 and g("t.i8", "int") == -100 and g("t.u8", "int") == 250
+        assert g("t.i64", "int") == -(2**62)
+        assert g("missing.key", "int") is None and g("missing.key", "string_array") == []
+        assert g("t.f32", "float") == 1.5 and g("t.f64", "float") == -2.25e300
+        assert g("t.bool_true", "bool") is True and g("t.string", "string") == "héllo wörld ✓"
+        assert g("a.strings", "string_array") == [s.encode() for s in synth.STRING_ARRAY]
+        assert g("a.i16", "int_array") == [-32768, 32767] and g("a.u32", "int_array") == [1, 2, 4_000_000_000]
+        assert g("a.f64", "float_array") == [np.float32(1e-300), 2.5]
+        for key, kind, what in [("t.u64", "int", "fits in int64"), ("t.string", "int", "found string"),
+                                ("t.u32", "float", "expected f32 or f64, found u32"),
+                                ("t.u8", "bool", "expected bool"), ("t.f32", "string", "expected string"),
+                                ("a.u8", "string_array", "array of strings"),
+                                ("a.u64", "int_array", "element 1 does not fit"),
+                                ("a.strings", "int_array", "found an array of string"),
+                                ("a.i32", "float_array", "array of f32 or f64")]:
+            with pytest.raises(GGUFError, match=rf"at byte offset \d+ \(metadata '{key}'\): .*{what}"):
+                g(key, kind)

@@ -25,16 +25,23 @@ def random_matrix(rng: np.random.Generator, rows: int, cols: int, type_name: str
     """A [rows][cols] weight in `type_name`: (array, raw_dtype) for GGUFWriter.add_tensor."""
     qtype = T[type_name]
     if type_name in _K_SCALES:
+        # Random blocks with unit scale fields, then every scale field
+        # multiplied by one factor so the weights' spread is `scale` (all
+        # values are linear in d and dmin), as for the other types.
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         n_blocks = rows * cols // block
         raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
-        for off, kind in _K_SCALES[type_name]:
-            if kind == "f16":
-                vals = (rng.uniform(0.5, 1.0, n_blocks) * scale / 8).astype(np.float16)
-                raw[:, off:off + 2] = vals.view(np.uint8).reshape(n_blocks, 2)
-            else:
-                vals = (rng.uniform(0.5, 1.0, n_blocks) * scale / 64).astype(np.float32)
-                raw[:, off:off + 4] = vals.view(np.uint8).reshape(n_blocks, 4)
+
+        def set_scales(factor):
+            for off, kind in _K_SCALES[type_name]:
+                dt = np.float16 if kind == "f16" else np.float32
+                vals = (rng_scales * factor).astype(dt)
+                raw[:, off:off + vals.itemsize] = vals.view(np.uint8).reshape(n_blocks, vals.itemsize)
+
+        rng_scales = rng.uniform(0.5, 1.0, n_blocks)
+        set_scales(1.0)
+        spread = float(quants.dequantize(raw, qtype).std())
+        set_scales(scale / spread)
         return raw.reshape(rows, cols // block * size), qtype
     x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
     if type_name == "F32":

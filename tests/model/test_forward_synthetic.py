@@ -34,8 +34,11 @@ def test_logits_match_numpy_reference(tmp_path, arch, wtype):
             got = m.eval(tokens, all_logits=True)
         for pos in range(len(tokens)):
             assert cosine(got[pos], expected[pos]) > 0.999, (isa, pos)
-            assert np.argmax(got[pos]) == np.argmax(expected[pos]) or \
-                np.sort(expected[pos])[-1] - np.sort(expected[pos])[-2] < 0.02, (isa, pos)
+            # Random models have flat logits: where the reference's top two are
+            # within 0.1 the 8-bit activations may swap them, never anything worse.
+            order = np.argsort(expected[pos])[::-1]
+            gap = expected[pos][order[0]] - expected[pos][order[1]]
+            assert np.argmax(got[pos]) in (order[:1] if gap >= 0.1 else order[:2]), (isa, pos, gap)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -56,12 +59,14 @@ def test_hidden_states_match_numpy_reference(tmp_path, arch):
 def test_batched_prefill_equals_token_by_token(tmp_path, wtype):
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype)
     tokens = np.random.default_rng(1).integers(0, 300, 40)
-    with Model(path, n_ctx=64, kv_type="f32") as m:
+    # The CPU backend's bounds: on CUDA, prefill runs on fp16 tensor cores and decode in fp32
+    # (tests/backend/test_cuda_conformance.py holds the CUDA bounds).
+    with Model(path, n_ctx=64, kv_type="f32", backend="cpu") as m:
         batched = m.eval(tokens, all_logits=True)
         m.reset()
         single = np.stack([m.eval([t]) for t in tokens])
         m.reset()
-        chunked_model = Model(path, n_ctx=64, kv_type="f32", max_batch=7)
+        chunked_model = Model(path, n_ctx=64, kv_type="f32", max_batch=7, backend="cpu")
         chunked = chunked_model.eval(tokens, all_logits=True)
         chunked_model.close()
         last = m.eval(tokens)

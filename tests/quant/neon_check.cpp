@@ -121,10 +121,6 @@ void check_quantize(std::mt19937& rng) {
     }
 }
 
-#ifdef HAVE_DOT
-void check_dot(std::mt19937& rng);  // defined in neon_check_dot.inc when present
-#endif
-
 }  // namespace
 
 #ifdef HAVE_DOT

@@ -105,6 +105,8 @@ def test_dequantize_validation(core):
     with pytest.raises(ValueError, match="type"):
         core.dequantize(raw, 1 << 40, 64)
     with pytest.raises(ValueError, match="type"):
+        core.dequantize(raw, 1 << 80, 64)
+    with pytest.raises(ValueError, match="type"):
         core.dequantize(np.zeros(66, np.uint8), "IQ2_XXS", 256)   # known type, no kernel
     with pytest.raises(ValueError, match="type"):
         core.dequantize(raw, 2.0, 64)

@@ -30,13 +30,25 @@ def windows(n_rows, row_bytes):
     return [(0, per), (mid, mid + per), (n_rows - per, n_rows)]
 
 
+@pytest.fixture(scope="module")
+def reader():
+    """GGUFReader per model, parsed once per module (parsing the 151k-entry vocab takes seconds)."""
+    cache = {}
+
+    def get(model):
+        path = os.path.join(MODEL_DIR, model)
+        if not os.path.exists(path):
+            pytest.skip(f"model file {path} is absent (run `metallic pull` to fetch it)")
+        if path not in cache:
+            cache[path] = GGUFReader(path)
+        return cache[path]
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-def test_every_tensor_matches_gguf_py(core, model):
-    path = os.path.join(MODEL_DIR, model)
-    if not os.path.exists(path):
-        pytest.skip(f"model file {path} is absent (run `metallic pull` to fetch it)")
-    reader = GGUFReader(path)
+def test_every_tensor_matches_gguf_py(core, model, reader):
+    reader = reader(model)
     isas = simd_isas(core) + ["scalar"]
     seen_types = set()
     for t in reader.tensors:
@@ -55,3 +67,26 @@ def test_every_tensor_matches_gguf_py(core, model):
                 got = core.dequantize(chunk, name, (r1 - r0) * ne0, isa=isa)
                 assert_bitwise_equal(got, ref, f"{model}: {t.name} ({name}) rows {r0}:{r1} isa={isa}")
     assert seen_types, "model has no tensors"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_dot_on_real_rows(core, model, reader):
+    """The dot kernels on 9 rows of the first 2-D tensor of each weight type in the model."""
+    from test_dot import ACT, quantize_acts, reference
+    rng = np.random.default_rng(3)
+    checked = set()
+    for t in reader(model).tensors:
+        wt = t.tensor_type.name
+        if wt in checked or wt not in ACT or len(t.shape) < 2:
+            continue
+        checked.add(wt)
+        n, nr, nc = int(t.shape[0]), 9, 4
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        w_raw = raw[: nr * (n // BLOCK[wt][0]) * BLOCK[wt][1]]
+        a_raw = quantize_acts(core, rng.standard_normal((nc, n)).astype(np.float32), ACT[wt])
+        ref, tol = reference(core, w_raw, wt, a_raw, n, nr, nc)
+        for isa in simd_isas(core) + ["scalar"]:
+            err = np.abs(core.dot(w_raw, wt, a_raw, n, nr, nc, isa=isa).astype(np.float64) - ref)
+            assert np.all(err <= tol), f"{t.name} ({wt}) {isa}: max err/tol {np.max(err / tol):.3g}"
+    assert checked, "no 2-D tensors of a type with a dot kernel"

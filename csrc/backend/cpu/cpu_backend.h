@@ -40,6 +40,8 @@ public:
     void copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) override;
 
 private:
+    // Fallback for weight types without an integer dot kernel.
+    void matmul_dequantized(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias);
     // Per-thread scratch that grows on demand (never shared between threads).
     float* thread_scratch(int thread, size_t n_floats);
     uint8_t* activation_scratch(size_t bytes);

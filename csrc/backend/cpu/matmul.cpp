@@ -1,4 +1,5 @@
-// Matrix products of the CPU backend, directly on the quantized weights.
+// Matrix products of the CPU backend, directly on the quantized weights: no
+// dequantized copy of a weight matrix is ever made.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -6,28 +7,98 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/vec.h"
 #include "quant/dequantize.h"
+#include "quant/dot.h"
 
 namespace mn {
 
-// Reference path for any weight type: each task dequantizes one band of
-// weight rows into its scratch (a few KB, never the whole matrix) and takes
-// float dot products with every activation row.
+namespace {
+
+// A band of weight rows is one task: its rows stay in L1/L2 while every
+// activation row passes over it. Decode (one activation row) just splits the
+// weight rows between threads; bands are small enough that the threads'
+// shares even out.
+constexpr int kRowTile = 16;
+// Activation rows per kernel call during prefill: their quantized rows (about
+// 1 KB each for d_model 896) stay in L1/L2 while a weight band is decoded.
+constexpr int kColTile = 32;
+
+}  // namespace
+
 void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias) {
     const int64_t K = w.ne0, N = w.ne1;
     const auto* wbase = static_cast<const uint8_t*>(w.device);
     const float* b = bias ? static_cast<const float*>(bias->device) : nullptr;
-    constexpr int kRowTile = 8;
+    const DotKernel kernel = get_dot_kernel(w.type, isa_);
+    float* o = out.f32();
+
+    if (!kernel.fn) {  // no integer kernel: dequantize one band of rows at a time
+        matmul_dequantized(w, x, rows, out, bias);
+        return;
+    }
+
+    // Quantize the activations once to the format the kernel consumes.
+    const uint8_t* act = static_cast<const uint8_t*>(x.data);
+    size_t act_row_bytes = size_t(K) * sizeof(float);
+    if (kernel.act_type != TensorType::F32) {
+        const TypeTraits* at = type_traits(kernel.act_type);
+        act_row_bytes = size_t(K / at->block_size) * at->type_size;
+        uint8_t* q = activation_scratch(act_row_bytes * rows);
+        pool_.parallel_for(rows, 4, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                quantize_row(kernel.act_type, x.f32() + r * K, q + r * act_row_bytes, K, isa_);
+        });
+        act = q;
+    }
+
     const int64_t n_tiles = (N + kRowTile - 1) / kRowTile;
+    if (rows == 1) {
+        pool_.parallel_for(n_tiles, 1, [&](int64_t t0, int64_t t1) {
+            const int64_t r0 = t0 * kRowTile, r1 = std::min<int64_t>(t1 * kRowTile, N);
+            kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, int(r1 - r0), act, act_row_bytes, 1, o + r0, 1);
+            if (b)
+                for (int64_t r = r0; r < r1; ++r) o[r] += b[r];
+        });
+        return;
+    }
+
     std::atomic<int64_t> next{0};
     pool_.run([&](int thread, int) {
-        float* wrows = thread_scratch(thread, size_t(kRowTile) * K);
+        // The kernel writes tile[r * nc + c]; it is scattered to out[c][r0 + r].
+        float* tile = thread_scratch(thread, size_t(kRowTile) * kColTile);
         for (;;) {
             const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
             if (t >= n_tiles) break;
             const int64_t r0 = t * kRowTile;
             const int nr = int(std::min<int64_t>(kRowTile, N - r0));
-            for (int r = 0; r < nr; ++r)
-                dequantize_row(w.type, wbase + (r0 + r) * w.row_bytes, wrows + r * K, K, isa_);
+            for (int c0 = 0; c0 < rows; c0 += kColTile) {
+                const int nc = std::min(kColTile, rows - c0);
+                kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, nr, act + size_t(c0) * act_row_bytes,
+                          act_row_bytes, nc, tile, size_t(nc));
+                for (int c = 0; c < nc; ++c) {
+                    float* orow = o + int64_t(c0 + c) * N + r0;
+                    for (int r = 0; r < nr; ++r) orow[r] = tile[r * nc + c] + (b ? b[r0 + r] : 0.0f);
+                }
+            }
+        }
+    });
+}
+
+void CpuBackend::matmul_dequantized(const WeightTensor& w, const Buffer& x, int rows, Buffer& out,
+                                    const WeightTensor* bias) {
+    const int64_t K = w.ne0, N = w.ne1;
+    const auto* wbase = static_cast<const uint8_t*>(w.device);
+    const float* b = bias ? static_cast<const float*>(bias->device) : nullptr;
+    constexpr int kBand = 8;
+    const int64_t n_tiles = (N + kBand - 1) / kBand;
+    std::atomic<int64_t> next{0};
+    pool_.run([&](int thread, int) {
+        float* wrows = thread_scratch(thread, size_t(kBand) * K);
+        for (;;) {
+            const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+            if (t >= n_tiles) break;
+            const int64_t r0 = t * kBand;
+            const int nr = int(std::min<int64_t>(kBand, N - r0));
+            for (int r = 0; r < nr; ++r) dequantize_row(w.type, wbase + (r0 + r) * w.row_bytes, wrows + r * K, K, isa_);
             for (int c = 0; c < rows; ++c) {
                 const float* xr = x.f32() + int64_t(c) * K;
                 float* orow = out.f32() + int64_t(c) * N + r0;

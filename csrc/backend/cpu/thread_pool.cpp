@@ -18,7 +18,7 @@ namespace mn {
 
 // How long a worker spins for new work before it sleeps. Ops in a decode step
 // follow each other within microseconds, so a short spin avoids futex wakeups.
-static constexpr int kSpinIterations = 20000;
+static constexpr int kSpinIterations = 2000;
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     workers_.reserve(n_threads_ - 1);
@@ -48,15 +48,21 @@ void ThreadPool::dispatch(Trampoline fn, void* ctx) {
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) wake_.notify_all();
     fn(ctx, 0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    // Spin briefly, then yield: on a busy machine a worker may have been
+    // descheduled, and spinning would only keep it from running.
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+        if (spin < kSpinIterations) cpu_relax();
+        else std::this_thread::yield();
+    }
 }
 
 void ThreadPool::worker(int index) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
-            cpu_relax();
+        for (int spin = 0; gen == seen && spin < 2 * kSpinIterations; ++spin) {
+            if (spin < kSpinIterations) cpu_relax();
+            else std::this_thread::yield();
             gen = generation_.load(std::memory_order_acquire);
         }
         if (gen == seen) {
