@@ -56,7 +56,14 @@ std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOpti
     }
     if (name == "metal")
         throw InvalidArgument("backend 'metal' requested but this build has no Metal backend (Apple Silicon only)");
-    if (name == "cpu" || name == "auto") return std::make_unique<CpuBackend>(options.n_threads, parse_isa(options.isa));
+    using Mode = CpuBackend::ActivationMode;
+    Mode mode;
+    if (options.activations == "q8") mode = Mode::OneLevel;
+    else if (options.activations == "q8x2") mode = Mode::TwoLevel;
+    else if (options.activations == "auto") mode = Mode::Auto;
+    else throw InvalidArgument("activations must be 'auto', 'q8' or 'q8x2', got '" + options.activations + "'");
+    if (name == "cpu" || name == "auto")
+        return std::make_unique<CpuBackend>(options.n_threads, parse_isa(options.isa), mode);
     throw InvalidArgument("unknown backend '" + name + "' (expected auto, cpu, cuda or metal)");
 }
 

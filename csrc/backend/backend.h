@@ -105,6 +105,12 @@ public:
 struct BackendOptions {
     int n_threads = 0;       // CPU: 0 = physical cores
     std::string isa = "auto";  // CPU kernel family
+    // CPU: how activations enter the integer dot products. "q8": one 8-bit
+    // quantization (fastest; ~1e-3 relative error per product, as llama.cpp).
+    // "q8x2": the 8-bit residual is quantized too (two dots per weight decode;
+    // results within ~1e-5 of float). "auto": q8x2 for decode steps and small
+    // batches, q8 for large prefill chunks.
+    std::string activations = "auto";
 };
 
 // Whether make_backend(name) can succeed here: built in and, for GPUs, a device visible.

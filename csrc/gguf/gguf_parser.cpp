@@ -115,9 +115,7 @@ public:
 
     uint64_t pos() const { return pos_; }
     uint64_t remaining() const { return n_ - pos_; }
-    uint64_t size() const { return n_; }
     const uint8_t* data() const { return d_; }
-    const std::string& path() const { return path_; }
 
     [[noreturn]] void fail(uint64_t offset, const std::string& field, const std::string& what) const {
         throw GGUFError(path_, offset, field, what);

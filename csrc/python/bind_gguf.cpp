@@ -200,7 +200,7 @@ public:
                     t.data, base);
         // The mapping is PROT_READ: a write would fault, so the view is read-only
         // (and numpy refuses to make it writeable, since the capsule is no buffer).
-        py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+        a.attr("setflags")(py::arg("write") = false);
         return a;
     }
 

@@ -23,7 +23,7 @@ constexpr int kDefaultContextCap = 4096;
 class ModelHandle {
 public:
     ModelHandle(const std::string& path, int n_ctx, int n_threads, const std::string& backend,
-                const std::string& kv_type, const std::string& isa, int max_batch) {
+                const std::string& kv_type, const std::string& isa, int max_batch, const std::string& activations) {
         py::gil_scoped_release nogil;
         file_ = std::make_shared<GGUFFile>(path);
         ModelConfig config = ModelConfig::from_gguf(*file_);
@@ -48,6 +48,7 @@ public:
         BackendOptions bo;
         bo.n_threads = n_threads;
         bo.isa = isa;
+        bo.activations = activations;
         transformer_ = std::make_unique<Transformer>(std::move(config), std::move(weights), make_backend(backend, bo),
                                                      options);
     }
@@ -153,9 +154,10 @@ private:
 
 void bind_model(py::module_& m) {
     py::class_<ModelHandle>(m, "Model")
-        .def(py::init<const std::string&, int, int, const std::string&, const std::string&, const std::string&, int>(),
+        .def(py::init<const std::string&, int, int, const std::string&, const std::string&, const std::string&, int,
+                      const std::string&>(),
              py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("backend") = "auto",
-             py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256)
+             py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256, py::arg("activations") = "auto")
         .def("eval", &ModelHandle::eval, py::arg("tokens"), py::arg("all_logits") = false,
              py::arg("capture_hidden") = false, py::arg("top_k") = 0)
         .def("reset", [](ModelHandle& h) { auto l = h.acquire(); h.get().reset(); })

@@ -1,20 +1,6 @@
-import os
 import sys
 from pathlib import Path
 
-import pytest
-
+# The tests import their helper module (gguf_synth.py) from this folder; put it
+# on sys.path explicitly so that works under any pytest import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
-REAL_MODELS = {
-    "qwen2.5-coder-0.5b-instruct-q4_k_m": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    "smollm2-135m-instruct-q4_1": "smollm2-135m-instruct-q4_1.gguf",
-}
-
-
-def real_model_path(key: str) -> Path:
-    p = MODELS / REAL_MODELS[key]
-    if not p.exists():
-        pytest.skip(f"model {p.name} not found in cache; run `metallic pull {key}` first")
-    return p

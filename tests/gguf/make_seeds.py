@@ -2,7 +2,7 @@
 
     python tests/gguf/make_seeds.py
 
-Seeds: the synthetic files of synth.py (every metadata type, nested arrays,
+Seeds: the synthetic files of gguf_synth.py (every metadata type, nested arrays,
 v2, custom alignment, split parts), the real models' metadata re-written with
 arrays cut to 64 entries and their tensor infos (all names and types) with
 one-block tensors so the file parses completely, and the first 64 KiB of each
@@ -23,10 +23,9 @@ from gguf import GGUFValueType as VT
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import synth  # noqa: E402
+import gguf_synth as synth  # noqa: E402
 
-MODELS = Path(os.path.expanduser("~/.cache/metallic_native/models"))
-REAL = ["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "smollm2-135m-instruct-q4_1.gguf"]
+REAL = list(synth.REAL_MODELS)
 SEEDS = HERE / "corpus" / "seeds"
 
 _VT_BY_NAME = {"u8": VT.UINT8, "i8": VT.INT8, "u16": VT.UINT16, "i16": VT.INT16, "u32": VT.UINT32,
@@ -72,8 +71,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for i, p in enumerate(synth.write_split(Path(d) / "split", n_tensors=3, max_tensors=2)):
             (SEEDS / f"split_part{i + 1}.gguf").write_bytes(p.read_bytes())
+    from metallic_native import models
+
     for name in REAL:
-        src = MODELS / name
+        src = models.model_path(name)
         if not src.exists():
             print(f"skipping {name}: not in the cache")
             continue

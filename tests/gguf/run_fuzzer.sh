@@ -10,6 +10,9 @@
 # fuzz-out/artifacts/; after fixing one, copy it to tests/gguf/corpus/regressions/
 # where tests/gguf/test_gguf_corpus.py replays it on every test run.
 # The seeds are regenerated with: python tests/gguf/make_seeds.py
+# tests/gguf/corpus/minimized/ is a coverage-preserving subset of an earlier
+# campaign's corpus, refreshed with
+#   ./build/fuzz/fuzz_gguf -merge=1 -max_len=65536 NEW_DIR fuzz-out/corpus
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_TO_RUN="${1:-1200}"
@@ -22,11 +25,13 @@ cmake -S . -B build/fuzz -DMETALLIC_BUILD_FUZZERS=ON -DCMAKE_BUILD_TYPE=RelWithD
 nice cmake --build build/fuzz --target fuzz_gguf -j"$(nproc)"
 
 mkdir -p fuzz-out/corpus fuzz-out/artifacts
-cp -n tests/gguf/corpus/seeds/* fuzz-out/corpus/ 2>/dev/null || true
+cp -n tests/gguf/corpus/seeds/* tests/gguf/corpus/minimized/* fuzz-out/corpus/ 2>/dev/null || true
 
 # -max_len 64 KiB covers whole headers of the synthetic seeds and the first
-# part of the real models' headers; -malloc_limit_mb catches allocations that
-# are not bounded by the input size (the parser promises a small multiple).
+# part of the real models' headers. The parser allocates at most ~15x the
+# input size (see parse_gguf in csrc/gguf/gguf_parser.h), so no single
+# allocation may exceed ~1 MB here: -malloc_limit_mb=16 flags any allocation
+# that is not bounded by the input.
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0"
 nice ./build/fuzz/fuzz_gguf fuzz-out/corpus \

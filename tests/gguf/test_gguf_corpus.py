@@ -1,4 +1,6 @@
-"""Replays the fuzzer's seed corpus and every input the fuzzer ever found a
+"""Replays the fuzzer's seed corpus, the minimized corpus of its campaigns
+(tests/gguf/corpus/minimized/: inputs that reached new parser states, most of
+them malformed) and every input the fuzzer ever found a
 problem with (tests/gguf/corpus/regressions/): each must parse or end in a
 GGUFError; a crash takes the test process down."""
 
@@ -11,7 +13,7 @@ import pytest
 from metallic_native import GGUFError, GGUFFile
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-FILES = sorted(p for d in ("seeds", "regressions") for p in (CORPUS / d).glob("*") if p.is_file()
+FILES = sorted(p for d in ("seeds", "minimized", "regressions") for p in (CORPUS / d).glob("*") if p.is_file()
                and p.name != "README.md")
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import synth
-from conftest import real_model_path
+import gguf_synth as synth
+from gguf_synth import real_model_path
 from metallic_native import GGUFError, GGUFFile
 
 MSG = re.compile(r"^(?P<path>.+): at byte offset (?P<offset>\d+) \((?P<field>[^)]*(?:\)[^)]*)*?)\): (?P<what>.+)$", re.S)

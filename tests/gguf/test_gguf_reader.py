@@ -13,8 +13,8 @@ import pytest
 import gguf
 from gguf import GGMLQuantizationType as QT
 
-import synth
-from conftest import REAL_MODELS, real_model_path
+import gguf_synth as synth
+from gguf_synth import REAL_MODELS, real_model_path
 from metallic_native import GGUFError, GGUFFile
 
 

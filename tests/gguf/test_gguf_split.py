@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-import synth
+import gguf_synth as synth
 from metallic_native import GGUFError, GGUFFile
 
 

@@ -1,5 +1,13 @@
 """The engine against HF transformers (torch, CPU) on the real models.
 
+Both activation modes of the CPU backend are checked: "q8x2" (8-bit
+activations plus an 8-bit residual, within ~1e-5 of float) with the bounds
+below, and "q8" (one 8-bit quantization, what large prefill chunks use under
+the default "auto" mode, and what llama.cpp does) with the looser bounds its
+rounding allows (measured 1 - cosine up to 1.5e-3 on SmolLM2: cosine >= 0.997;
+the top-1 token equal at >= 90% of the prompt positions (measured 94.7%) and always among the
+reference's top 5).
+
 The reference values were produced by tests/reference/make_reference.py from
 the same GGUF files and are stored in tests/fixtures/<model>_forward.{json,npz}
 (see tests/reference/README.md). Tolerances:
@@ -22,7 +30,8 @@ from metallic_native import Model
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 MODELS = {"qwen": "qwen05b_path", "smollm": "smollm_path"}  # conftest fixtures
-TIE_GAP = 0.05
+# Per activation mode: (minimum last-position cosine, reference top-2 gap above which top-1 must match)
+BOUNDS = {"q8x2": (0.999, 0.05), "q8": (0.997, None)}
 
 
 def cosine(a, b):
@@ -36,12 +45,13 @@ def load_fixture(key):
     return meta, arrays
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module", params=[(k, a) for k in sorted(MODELS) for a in sorted(BOUNDS)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def engine(request):
-    key = request.param
+    key, activations = request.param
     meta, arrays = load_fixture(key)
-    model = Model(request.getfixturevalue(MODELS[key]), n_ctx=512, n_threads=2)
-    yield key, meta, arrays, model
+    model = Model(request.getfixturevalue(MODELS[key]), n_ctx=512, n_threads=2, activations=activations)
+    yield key, meta, arrays, model, activations
     model.close()
 
 
@@ -50,7 +60,8 @@ def prompt_indices(arrays):
 
 
 def test_logits_and_top1_at_every_position(engine):
-    key, meta, arrays, model = engine
+    key, meta, arrays, model, activations = engine
+    min_cos, tie_gap = BOUNDS[activations]
     for i in prompt_indices(arrays):
         ids = arrays[f"p{i}_ids"]
         model.reset()
@@ -58,12 +69,17 @@ def test_logits_and_top1_at_every_position(engine):
         assert np.isfinite(logits).all()
         ref_last = arrays[f"p{i}_last_logits"].astype(np.float32)
         cos = cosine(logits[-1], ref_last)
-        assert cos >= 0.999, f"{key} prompt {i}: last-position cosine {cos:.6f}"
+        assert cos >= min_cos, f"{key} prompt {i}: last-position cosine {cos:.6f}"
         ours = logits.argmax(axis=1)
         ref_top = arrays[f"p{i}_topk_ids"]
         gap = arrays[f"p{i}_top2_gap"]
+        if tie_gap is None:  # q8
+            agree = float(np.mean(ours == ref_top[:, 0]))
+            assert agree >= 0.90, f"{key} prompt {i}: top-1 agrees at only {agree:.1%} of positions"
+            assert all(ours[p] in ref_top[p] for p in range(len(ids))), f"{key} prompt {i}: top-1 outside top-5"
+            continue
         for pos in range(len(ids)):
-            if gap[pos] >= TIE_GAP:
+            if gap[pos] >= tie_gap:
                 assert ours[pos] == ref_top[pos, 0], f"{key} prompt {i} position {pos}: top-1 {ours[pos]} != " \
                                                      f"{ref_top[pos, 0]} (reference gap {gap[pos]:.3f})"
             else:
@@ -71,7 +87,9 @@ def test_logits_and_top1_at_every_position(engine):
 
 
 def test_hidden_states_layer_by_layer(engine):
-    key, meta, arrays, model = engine
+    key, meta, arrays, model, activations = engine
+    if activations == "q8":
+        pytest.skip("hidden states are compared in the q8x2 mode only (q8's bounds are on the logits)")
     for i in prompt_indices(arrays):
         ids = arrays[f"p{i}_ids"]
         model.reset()

@@ -12,8 +12,11 @@
 
 namespace mn {
 
-CpuBackend::CpuBackend(int n_threads, Isa isa)
-    : pool_(n_threads > 0 ? n_threads : physical_core_count()), isa_(isa), scratch_(pool_.size()) {}
+CpuBackend::CpuBackend(int n_threads, Isa isa, ActivationMode activations)
+    : pool_(n_threads > 0 ? n_threads : physical_core_count()),
+      isa_(isa),
+      activations_(activations),
+      scratch_(pool_.size()) {}
 
 CpuBackend::~CpuBackend() = default;
 
@@ -45,8 +48,8 @@ float* CpuBackend::thread_scratch(int thread, size_t n) {
 }
 
 uint8_t* CpuBackend::activation_scratch(size_t bytes) {
-    if (activations_.size() < bytes) activations_.resize(bytes);
-    return activations_.data();
+    if (quantized_activations_.size() < bytes) quantized_activations_.resize(bytes);
+    return quantized_activations_.data();
 }
 
 void CpuBackend::embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) {

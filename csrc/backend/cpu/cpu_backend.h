@@ -15,7 +15,10 @@ namespace mn {
 
 class CpuBackend final : public Backend {
 public:
-    CpuBackend(int n_threads, Isa isa);
+    // How activations enter the integer dot products (see BackendOptions::activations).
+    enum class ActivationMode { OneLevel, TwoLevel, Auto };
+
+    CpuBackend(int n_threads, Isa isa, ActivationMode activations);
     ~CpuBackend() override;
 
     std::string name() const override { return "cpu"; }
@@ -48,8 +51,9 @@ private:
 
     ThreadPool pool_;
     Isa isa_;
+    ActivationMode activations_;
     std::vector<std::vector<float>> scratch_;
-    std::vector<uint8_t> activations_;
+    std::vector<uint8_t> quantized_activations_;
 };
 
 }  // namespace mn

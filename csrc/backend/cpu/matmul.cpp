@@ -21,6 +21,10 @@ constexpr int kRowTile = 16;
 // Activation rows per kernel call during prefill: their quantized rows (about
 // 1 KB each for d_model 896) stay in L1/L2 while a weight band is decoded.
 constexpr int kColTile = 32;
+// ActivationMode::Auto uses two-level activations up to this many rows: decode
+// steps and small batches, where decoding the weights costs more than the
+// second integer dot. Large prefill chunks, which are compute-bound, use one level.
+constexpr int kAutoTwoLevelMaxRows = 8;
 
 }  // namespace
 
@@ -36,22 +40,39 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
         return;
     }
 
-    // Quantize the activations once to the format the kernel consumes.
+    // Quantize the activations once to the format the kernel consumes. With
+    // two-level activations each row becomes two quantized rows, x ~ q1 + q2
+    // where q2 quantizes the residual x - q1: the kernel decodes each weight
+    // block once for both, and the 8-bit rounding error shrinks ~100-fold.
+    const bool two_level = activations_ == ActivationMode::TwoLevel ||
+                           (activations_ == ActivationMode::Auto && rows <= kAutoTwoLevelMaxRows);
+    const int levels = (kernel.act_type != TensorType::F32 && two_level) ? 2 : 1;
+    const int act_rows = rows * levels;
     const uint8_t* act = static_cast<const uint8_t*>(x.data);
     size_t act_row_bytes = size_t(K) * sizeof(float);
     if (kernel.act_type != TensorType::F32) {
         const TypeTraits* at = type_traits(kernel.act_type);
         act_row_bytes = size_t(K / at->block_size) * at->type_size;
-        uint8_t* q = activation_scratch(act_row_bytes * rows);
-        pool_.parallel_for(rows, 4, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r)
-                quantize_row(kernel.act_type, x.f32() + r * K, q + r * act_row_bytes, K, isa_);
+        uint8_t* q = activation_scratch(act_row_bytes * act_rows);
+        std::atomic<int64_t> next_row{0};
+        pool_.run([&](int thread, int) {
+            float* residual = levels == 2 ? thread_scratch(thread, size_t(K)) : nullptr;
+            for (int64_t r; (r = next_row.fetch_add(1, std::memory_order_relaxed)) < rows;) {
+                const float* xr = x.f32() + r * K;
+                uint8_t* q1 = q + size_t(r) * levels * act_row_bytes;
+                quantize_row(kernel.act_type, xr, q1, K, isa_);
+                if (levels == 2) {
+                    dequantize_row(kernel.act_type, q1, residual, K, isa_);
+                    for (int64_t i = 0; i < K; ++i) residual[i] = xr[i] - residual[i];
+                    quantize_row(kernel.act_type, residual, q1 + act_row_bytes, K, isa_);
+                }
+            }
         });
         act = q;
     }
 
     const int64_t n_tiles = (N + kRowTile - 1) / kRowTile;
-    if (rows == 1) {
+    if (rows == 1 && levels == 1) {
         pool_.parallel_for(n_tiles, 1, [&](int64_t t0, int64_t t1) {
             const int64_t r0 = t0 * kRowTile, r1 = std::min<int64_t>(t1 * kRowTile, N);
             kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, int(r1 - r0), act, act_row_bytes, 1, o + r0, 1);
@@ -61,22 +82,28 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
         return;
     }
 
+    // Column tiles hold whole rows' levels, so a row's two partial dots meet in one tile.
+    const int col_tile = kColTile - kColTile % levels;
     std::atomic<int64_t> next{0};
     pool_.run([&](int thread, int) {
-        // The kernel writes tile[r * nc + c]; it is scattered to out[c][r0 + r].
+        // The kernel writes tile[r * nc + c]; it is scattered to out[c / levels][r0 + r].
         float* tile = thread_scratch(thread, size_t(kRowTile) * kColTile);
         for (;;) {
             const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
             if (t >= n_tiles) break;
             const int64_t r0 = t * kRowTile;
             const int nr = int(std::min<int64_t>(kRowTile, N - r0));
-            for (int c0 = 0; c0 < rows; c0 += kColTile) {
-                const int nc = std::min(kColTile, rows - c0);
+            for (int c0 = 0; c0 < act_rows; c0 += col_tile) {
+                const int nc = std::min(col_tile, act_rows - c0);
                 kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, nr, act + size_t(c0) * act_row_bytes,
                           act_row_bytes, nc, tile, size_t(nc));
-                for (int c = 0; c < nc; ++c) {
-                    float* orow = o + int64_t(c0 + c) * N + r0;
-                    for (int r = 0; r < nr; ++r) orow[r] = tile[r * nc + c] + (b ? b[r0 + r] : 0.0f);
+                for (int c = 0; c < nc; c += levels) {
+                    float* orow = o + int64_t((c0 + c) / levels) * N + r0;
+                    for (int r = 0; r < nr; ++r) {
+                        float v = tile[r * nc + c];
+                        if (levels == 2) v += tile[r * nc + c + 1];
+                        orow[r] = v + (b ? b[r0 + r] : 0.0f);
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ found by walking the file with the small layout helpers below.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -16,6 +17,29 @@ import numpy as np
 import gguf
 from gguf import GGUFValueType as VT
 from gguf import GGMLQuantizationType as QT
+
+REAL_MODELS = {
+    "qwen2.5-coder-0.5b-instruct-q4_k_m": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "smollm2-135m-instruct-q4_1": "smollm2-135m-instruct-q4_1.gguf",
+}
+
+
+def real_model_path(key: str) -> Path:
+    """Path of a cached real model (metallic_native.models' cache). Skips the
+    calling test if it is absent, or fails it under METALLIC_REQUIRE_MODELS=1
+    (set by CI, so a missing model never counts as a pass). Never downloads:
+    `metallic pull` does that."""
+    import pytest
+    from metallic_native import models
+
+    p = models.model_path(key)
+    if not p.exists():
+        msg = f"model {p.name} not found in cache ({p.parent}); run `metallic pull {key}` first"
+        if os.environ.get("METALLIC_REQUIRE_MODELS") == "1":
+            pytest.fail(msg + " (METALLIC_REQUIRE_MODELS=1)")
+        pytest.skip(msg)
+    return p
+
 
 # Every scalar type, written under a key naming it; value chosen at the edge of
 # its range where that is a useful check of sign/width handling.
