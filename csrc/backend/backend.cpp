@@ -3,13 +3,45 @@
 #include "backend/cpu/cpu_backend.h"
 #include "common/error.h"
 
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
 namespace mn {
+
+void Backend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) {
+    if (k < 1 || k > n) throw InvalidArgument("top_k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+    std::vector<float> row(static_cast<size_t>(n));
+    read(src, offset, n, row.data());
+    std::vector<int32_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    // NaN sorts last so it is never selected ahead of a number.
+    auto before = [&](int32_t a, int32_t b) {
+        const float x = row[a], y = row[b];
+        if (x != x) return false;
+        if (y != y) return true;
+        return x > y || (x == y && a < b);
+    };
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+    for (int i = 0; i < k; ++i) {
+        ids[i] = order[i];
+        vals[i] = row[order[i]];
+    }
+}
 
 #if defined(METALLIC_HAVE_CUDA)
 // Defined in backend/cuda/cuda_backend.cu.
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options);
 bool cuda_device_available();
 #endif
+
+bool backend_available(const std::string& name) {
+    if (name == "cpu" || name == "auto") return true;
+#if defined(METALLIC_HAVE_CUDA)
+    if (name == "cuda") return cuda_device_available();
+#endif
+    return false;
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
     if (name == "cuda" || name == "auto") {

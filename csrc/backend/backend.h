@@ -89,6 +89,17 @@ public:
     virtual void add(Buffer& x, const Buffer& y, int64_t n) = 0;
     // Copies `rows` rows of `width` floats from src (starting at row src_row) to dst.
     virtual void copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) = 0;
+
+    // ---- optional hooks ----
+    // The transformer brackets each forward pass of `rows` tokens at positions pos0.. with these.
+    // `replayable`: the pass issues the same ops on the same buffers as every other replayable pass
+    // with the same `rows` (it reads nothing back before its output), so a backend may record it once
+    // and replay it (CUDA graphs). An exception may leave a step open: begin_step must cope.
+    virtual void begin_step(int rows, int pos0, bool replayable) {}
+    virtual void end_step() {}
+    // The k largest of the n floats at element `offset` of `src`, in descending order (ties: lower
+    // index first), as indices into that row and values. Default: read the row and select on the host.
+    virtual void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals);
 };
 
 struct BackendOptions {
@@ -101,6 +112,9 @@ struct BackendOptions {
     // batches, q8 for large prefill chunks.
     std::string activations = "q8";
 };
+
+// Whether make_backend(name) can succeed here: built in and, for GPUs, a device visible.
+bool backend_available(const std::string& name);
 
 // "cpu", "cuda", "metal" or "auto". Throws InvalidArgument for unknown or unavailable backends.
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options);

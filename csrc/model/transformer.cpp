@@ -86,6 +86,23 @@ void Transformer::eval(const int32_t* tokens, int n, float* logits, bool all_log
     }
 }
 
+void Transformer::eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals) {
+    if (n < 1) throw InvalidArgument("eval needs at least one token");
+    const int64_t vocab = weights_.output.ne1;
+    if (k < 1 || k > vocab)
+        throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab) + "], got " + std::to_string(k));
+    if (n_past_ + n > options_.n_ctx)
+        throw InvalidArgument("context overflow: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
+                              " new tokens exceed n_ctx " + std::to_string(options_.n_ctx));
+    const TopK request{k, ids, vals};
+    for (int done = 0; done < n;) {
+        const int rows = std::min(options_.max_batch, n - done);
+        const bool last_chunk = done + rows == n;
+        forward_chunk(tokens + done, rows, nullptr, false, nullptr, last_chunk ? &request : nullptr);
+        done += rows;
+    }
+}
+
 void Transformer::capture_rows(HiddenCapture* capture, int index, int rows) {
     if (!capture) return;
     auto& dst = capture->states[index];
@@ -95,12 +112,14 @@ void Transformer::capture_rows(HiddenCapture* capture, int index, int rows) {
 }
 
 void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits,
-                                HiddenCapture* capture) {
+                                HiddenCapture* capture, const TopK* top_k) {
     Backend& be = *backend_;
     const ModelConfig& c = config_;
     const AttentionShape shape = c.attention_shape();
     const int d = c.d_model;
     const int pos0 = n_past_;
+    // A pass that produces output and reads nothing back before it is the same op sequence every time.
+    be.begin_step(rows, pos0, capture == nullptr && (logits != nullptr || top_k != nullptr));
 
     be.embed(weights_.token_embd, tokens, rows, x_);
     capture_rows(capture, 0, rows);
@@ -124,11 +143,24 @@ void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, 
         be.add(x_, h_, int64_t(rows) * d);
         capture_rows(capture, li + 1, rows);
     }
-    n_past_ += rows;
-    if (!logits) return;
+    if (!logits && !top_k) {
+        be.end_step();
+        n_past_ += rows;
+        return;
+    }
 
     // LM head on the last row only, unless every position's logits are wanted.
     const int64_t vocab = weights_.output.ne1;
+    if (top_k) {
+        Buffer in = rows_of(x_, rows - 1, 1, d);
+        Buffer normed = rows_of(h_, 0, 1, d);
+        be.rms_norm(in, weights_.output_norm, c.rms_eps, 1, d, normed);
+        be.matmul(weights_.output, normed, 1, logits_, nullptr);
+        be.top_k(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals);
+        be.end_step();
+        n_past_ += rows;
+        return;
+    }
     const int first = all_logits ? 0 : rows - 1;
     for (int r = first; r < rows; r += logits_rows_) {
         const int n = std::min(logits_rows_, rows - r);
@@ -138,6 +170,8 @@ void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, 
         be.matmul(weights_.output, normed, n, logits_, nullptr);
         be.read(logits_, 0, int64_t(n) * vocab, logits + int64_t(r - first) * vocab);
     }
+    be.end_step();
+    n_past_ += rows;
 }
 
 }  // namespace mn

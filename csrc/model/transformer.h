@@ -37,6 +37,10 @@ public:
     // the last token to `logits` ([vocab]), or of every token ([n][vocab]) when
     // all_logits. Token ids and the context length are validated by the caller.
     void eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture);
+    // Like eval() for the last token's logits, but returns only the k largest (descending, ties by
+    // lower id) as ids and values: a GPU backend selects them on the device, so only 2k numbers
+    // cross to the host per token.
+    void eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals);
 
     int n_past() const { return n_past_; }
     int n_ctx() const { return options_.n_ctx; }
@@ -48,7 +52,13 @@ public:
     Backend& backend() { return *backend_; }
 
 private:
-    void forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits, HiddenCapture* capture);
+    struct TopK {
+        int k;
+        int32_t* ids;
+        float* vals;
+    };
+    void forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits, HiddenCapture* capture,
+                       const TopK* top_k = nullptr);
     void capture_rows(HiddenCapture* capture, int index, int rows);
 
     ModelConfig config_;

@@ -59,30 +59,46 @@ public:
     }
 
     py::object eval(py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits,
-                    bool capture_hidden) {
+                    bool capture_hidden, int top_k) {
         if (tokens.ndim() != 1) throw InvalidArgument("tokens must be a 1-D sequence of token ids");
         const int64_t n = tokens.shape(0);
         if (n == 0) throw InvalidArgument("tokens is empty");
-        std::vector<int32_t> ids(n);
+        std::vector<int32_t> tok(n);
         const int64_t* src = tokens.data();
         for (int64_t i = 0; i < n; ++i) {
             if (src[i] < 0 || src[i] >= vocab_)
                 throw InvalidArgument("token id " + std::to_string(src[i]) + " at index " + std::to_string(i) +
                                       " is outside the vocabulary [0, " + std::to_string(vocab_) + ")");
-            ids[i] = int32_t(src[i]);
+            tok[i] = int32_t(src[i]);
         }
+        if (top_k != 0 && (all_logits || capture_hidden))
+            throw InvalidArgument("top_k cannot be combined with all_logits or capture_hidden");
+        if (top_k < 0 || top_k > vocab_)
+            throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab_) + "] (or 0 for all logits), got " +
+                                  std::to_string(top_k));
         auto lock = acquire();
         Transformer& t = get();
         if (int64_t(t.n_past()) + n > t.n_ctx())
             throw InvalidArgument("context overflow: " + std::to_string(t.n_past()) + " cached + " +
                                   std::to_string(n) + " new tokens exceed n_ctx " + std::to_string(t.n_ctx()));
+        if (top_k > 0) {
+            py::array_t<int32_t> ids(top_k);
+            py::array_t<float> vals(top_k);
+            int32_t* ip = ids.mutable_data();
+            float* vp = vals.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                t.eval_top_k(tok.data(), int(n), top_k, ip, vp);
+            }
+            return py::make_tuple(std::move(ids), std::move(vals));
+        }
         py::array_t<float> logits(all_logits ? std::vector<py::ssize_t>{py::ssize_t(n), py::ssize_t(vocab_)}
                                              : std::vector<py::ssize_t>{py::ssize_t(vocab_)});
         HiddenCapture capture;
         float* out = logits.mutable_data();
         {
             py::gil_scoped_release nogil;
-            t.eval(ids.data(), int(n), out, all_logits, capture_hidden ? &capture : nullptr);
+            t.eval(tok.data(), int(n), out, all_logits, capture_hidden ? &capture : nullptr);
         }
         if (!capture_hidden) return std::move(logits);
         const int d = t.config().d_model;
@@ -143,7 +159,7 @@ void bind_model(py::module_& m) {
              py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("backend") = "auto",
              py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256, py::arg("activations") = "q8")
         .def("eval", &ModelHandle::eval, py::arg("tokens"), py::arg("all_logits") = false,
-             py::arg("capture_hidden") = false)
+             py::arg("capture_hidden") = false, py::arg("top_k") = 0)
         .def("reset", [](ModelHandle& h) { auto l = h.acquire(); h.get().reset(); })
         .def("truncate",
              [](ModelHandle& h, int n) {
@@ -166,6 +182,8 @@ void bind_model(py::module_& m) {
         .def_property_readonly("closed", &ModelHandle::closed)
         .def("close", &ModelHandle::close);
     m.def("supported_architectures", [] { return supported_architectures(); });
+    m.def("backend_available", [](const std::string& name) { return backend_available(name); }, py::arg("name"),
+          "Whether Model(..., backend=name) can run here: compiled in and, for GPUs, a device visible.");
 }
 
 }  // namespace mn::python

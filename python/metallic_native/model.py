@@ -140,13 +140,17 @@ class Model(GenerationMixin):
 
     # ---- compute -----------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int] | np.ndarray, *, all_logits: bool = False,
-             capture_hidden: bool = False):
+             capture_hidden: bool = False, top_k: int = 0):
         """Appends tokens to the cache and returns float32 logits.
 
         Returns the last position's logits [vocab], or every position's [n, vocab]
         with all_logits=True. With capture_hidden=True returns (logits, hidden)
         where hidden[0] is the embedding output and hidden[i] the residual stream
         after layer i, shaped [n_layers + 1, n, d_model].
+        With top_k=K > 0 returns (ids, logits) of the last position's K largest
+        logits in descending order (ties: lower id first), int32 and float32
+        arrays of length K; on a GPU they are selected there, so only 2K numbers
+        cross to the host (top_k=1 is greedy decoding).
         """
         arr = np.asarray(tokens)
         if arr.ndim == 0:
@@ -155,8 +159,10 @@ class Model(GenerationMixin):
             raise ValueError("tokens is empty")
         if arr.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
         self._forget_prefix_record()
-        return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden)
+        return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden, int(top_k))
 
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -61,12 +61,14 @@ def test_batched_prefill_equals_token_by_token(tmp_path, wtype, activations):
     # A fixed activation mode, so both paths quantize alike ("auto" switches by batch size).
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype)
     tokens = np.random.default_rng(1).integers(0, 300, 40)
-    with Model(path, n_ctx=64, kv_type="f32", activations=activations) as m:
+    # The CPU backend's bounds: on CUDA, prefill runs on fp16 tensor cores and decode in fp32
+    # (tests/backend/test_cuda_conformance.py holds the CUDA bounds).
+    with Model(path, n_ctx=64, kv_type="f32", activations=activations, backend="cpu") as m:
         batched = m.eval(tokens, all_logits=True)
         m.reset()
         single = np.stack([m.eval([t]) for t in tokens])
         m.reset()
-        chunked_model = Model(path, n_ctx=64, kv_type="f32", max_batch=7, activations=activations)
+        chunked_model = Model(path, n_ctx=64, kv_type="f32", max_batch=7, activations=activations, backend="cpu")
         chunked = chunked_model.eval(tokens, all_logits=True)
         chunked_model.close()
         last = m.eval(tokens)

@@ -1,0 +1,347 @@
+// Attention over the KV cache with fp32 scores and softmax.
+//
+// The keys of each query row are split into chunks (flash-decoding): one block
+// scores one chunk for one head, keeps the chunk's max, sum and unnormalized
+// output, and a second kernel combines the chunks. Decode then spreads one
+// row's work over many SMs, and the grid depends only on n_ctx, so the launch
+// can be recorded in a CUDA graph and replayed while the position (read from
+// device memory) moves on.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace mn::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+struct SplitPlan {
+    int n_splits;  // chunks per query row (upper bound over rows)
+    int chunk;     // keys per chunk
+};
+
+SplitPlan plan_for(int n_ctx) {
+    // At most 32 chunks per row: longer contexts get longer chunks, so the
+    // partials stay small; chunks are a multiple of 32 keys.
+    int n_splits = std::min((n_ctx + kAttnSplit - 1) / kAttnSplit, 32);
+    int chunk = (n_ctx + n_splits - 1) / n_splits;
+    chunk = (chunk + 31) / 32 * 32;
+    return {n_splits, chunk};
+}
+
+template <typename T>
+__device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T>
+__global__ void store_kv_kernel(const float* __restrict__ k, const float* __restrict__ v, T* kc, T* vc, int n_ctx,
+                                const int* pos0, int n_kv_heads, int hd) {
+    const int r = blockIdx.x;
+    const int width = n_kv_heads * hd;
+    const int pos = *pos0 + r;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        const int h = i / hd, d = i % hd;
+        const size_t dst = (size_t(h) * n_ctx + pos) * hd + d;
+        kc[dst] = from_f<T>(k[size_t(r) * width + i]);
+        vc[dst] = from_f<T>(v[size_t(r) * width + i]);
+    }
+}
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float t = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, t) : v + t;
+    }
+    __syncthreads();  // red may still be read from the previous reduction
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < kThreads / 32; ++w) r = is_max ? fmaxf(r, red[w]) : r + red[w];
+    return r;
+}
+
+// grid (n_splits, n_heads, rows). Partial record per (row, head, split): [hd] acc, max, sum.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __restrict__ q, const T* __restrict__ kc,
+                                                              const T* __restrict__ vc, int n_ctx, const int* pos0,
+                                                              int n_heads, int n_kv_heads, int hd, int chunk,
+                                                              int n_splits, float* __restrict__ part) {
+    const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
+    const int n_keys = *pos0 + r + 1;
+    const int start = s * chunk;
+    if (start >= n_keys) return;  // the combine kernel counts only live chunks
+    const int len = min(chunk, n_keys - start);
+    const int kvh = h / (n_heads / n_kv_heads);
+    extern __shared__ float smem[];
+    float* sq = smem;              // [hd]
+    float* sc = sq + hd;           // [chunk]
+    float* sacc = sc + chunk;      // [kThreads] partial outputs
+    __shared__ float red[kThreads / 32];
+
+    const float* qr = q + (size_t(r) * n_heads + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += kThreads) sq[i] = qr[i];
+    __syncthreads();
+
+    const float scale = 1.0f / sqrtf(float(hd));
+    const T* kbase = kc + (size_t(kvh) * n_ctx + start) * hd;
+    const T* vbase = vc + (size_t(kvh) * n_ctx + start) * hd;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const T* kr = kbase + size_t(j) * hd;
+        float dot = 0.0f;
+        if (sizeof(T) == 2 && (hd & 7) == 0) {
+            // 8 halves per 16-byte load: rows of the cache are hd * 2 bytes, a multiple of 16.
+            const uint4* k4 = reinterpret_cast<const uint4*>(kr);
+            for (int d8 = 0; d8 < hd / 8; ++d8) {
+                const uint4 u = k4[d8];
+                const __half2* h2 = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                    const float2 f = __half22float2(h2[t]);
+                    dot += sq[8 * d8 + 2 * t] * f.x + sq[8 * d8 + 2 * t + 1] * f.y;
+                }
+            }
+        } else {
+            for (int d = 0; d < hd; ++d) dot += sq[d] * to_f<T>(kr[d]);
+        }
+        const float sv = dot * scale;
+        sc[j] = sv;
+        mx = fmaxf(mx, sv);
+    }
+    mx = block_reduce(mx, red, true);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float p = expf(sc[j] - mx);
+        sc[j] = p;
+        sum += p;
+    }
+    sum = block_reduce(sum, red, false);  // its barriers also publish sc[]
+
+    // Output: G groups of threads split the keys, each thread one dimension.
+    const int G = hd >= kThreads ? 1 : kThreads / hd;
+    float* rec = part + ((size_t(r) * n_heads + h) * n_splits + s) * (hd + 2);
+    for (int idx = threadIdx.x; idx < G * hd; idx += kThreads) {
+        const int d = idx % hd, g = idx / hd;
+        float acc = 0.0f;
+        for (int j = g; j < len; j += G) acc += sc[j] * to_f<T>(vbase[size_t(j) * hd + d]);
+        if (G == 1) rec[d] = acc;
+        else sacc[idx] = acc;
+    }
+    if (G > 1) {
+        __syncthreads();
+        for (int d = threadIdx.x; d < hd; d += kThreads) {
+            float acc = 0.0f;
+            for (int g = 0; g < G; ++g) acc += sacc[g * hd + d];
+            rec[d] = acc;
+        }
+    }
+    if (threadIdx.x == 0) {
+        rec[hd] = mx;
+        rec[hd + 1] = sum;
+    }
+}
+
+// grid (n_heads, rows): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+__global__ void attn_combine_kernel(const float* __restrict__ part, const int* pos0, int n_heads, int hd, int chunk,
+                                    int n_splits, float* __restrict__ out) {
+    const int h = blockIdx.x, r = blockIdx.y;
+    const int n_keys = *pos0 + r + 1;
+    const int live = (n_keys + chunk - 1) / chunk;
+    const float* base = part + (size_t(r) * n_heads + h) * n_splits * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < live; ++s) M = fmaxf(M, base[s * (hd + 2) + hd]);
+    float den = 0.0f;
+    for (int s = 0; s < live; ++s) den += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + hd + 1];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0.0f;
+        for (int s = 0; s < live; ++s) num += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + d];
+        out[(size_t(r) * n_heads + h) * hd + d] = num / den;
+    }
+}
+
+// Prefill: a block takes 16 query rows of one head and walks the keys in
+// tiles of 64 that all its rows share (loaded once into shared memory, fp16),
+// with an online softmax in fp32. Thread t owns row t / 8; its 8 threads split
+// each tile's keys (scores) and the head's dimensions (output).
+constexpr int kTileQ = 16, kTileK = 64, kMaxTileHd = 128;
+
+__global__ void __launch_bounds__(kThreads) attn_tile_kernel(const float* __restrict__ q, const __half* __restrict__ kc,
+                                                             const __half* __restrict__ vc, int n_ctx, const int* pos0p,
+                                                             int rows, int n_heads, int n_kv_heads, int hd,
+                                                             float* __restrict__ out) {
+    __shared__ float sq[kTileQ][kMaxTileHd + 4];  // padded: the 4 rows of a warp hit distinct banks
+    __shared__ __half2 sk[kTileK][kMaxTileHd / 2 + 1];  // +1 word: keys of one thread group hit distinct banks
+    __shared__ __half2 sv[kTileK][kMaxTileHd / 2];
+    __shared__ float sp[kTileQ][kTileK + 1];
+    const int h = blockIdx.y, r0 = blockIdx.x * kTileQ;
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int pos0 = *pos0p;
+    const int t = threadIdx.x, row = t >> 3, sub = t & 7;
+    const int hd2 = hd / 2;
+    const float scale = 1.0f / sqrtf(float(hd));
+    const bool row_live = r0 + row < rows;
+    const int qpos = pos0 + r0 + row;
+
+    for (int i = t; i < kTileQ * hd; i += kThreads) {
+        const int rr = i / hd, d = i % hd;
+        sq[rr][d] = r0 + rr < rows ? q[(size_t(r0 + rr) * n_heads + h) * hd + d] : 0.0f;
+    }
+    const int last_row = min(rows, r0 + kTileQ) - 1;
+    const int n_keys = pos0 + last_row + 1;
+    float m = -INFINITY, l = 0.0f;
+    float o[kMaxTileHd / 8];
+#pragma unroll
+    for (int i = 0; i < kMaxTileHd / 8; ++i) o[i] = 0.0f;
+    const __half* kbase = kc + size_t(kvh) * n_ctx * hd;
+    const __half* vbase = vc + size_t(kvh) * n_ctx * hd;
+
+    for (int k0 = 0; k0 < n_keys; k0 += kTileK) {
+        const int nk = min(kTileK, n_keys - k0);
+        __syncthreads();  // previous tile fully used
+        const uint4* ksrc = reinterpret_cast<const uint4*>(kbase + size_t(k0) * hd);
+        const uint4* vsrc = reinterpret_cast<const uint4*>(vbase + size_t(k0) * hd);
+        const int per_key = hd / 8;  // uint4 per key
+        for (int i = t; i < nk * per_key; i += kThreads) {
+            const int j = i / per_key, c = i % per_key;
+            const uint4 ku = ksrc[i], vu = vsrc[i];
+            const __half2* k2 = reinterpret_cast<const __half2*>(&ku);
+            const __half2* v2 = reinterpret_cast<const __half2*>(&vu);
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                sk[j][4 * c + w] = k2[w];
+                sv[j][4 * c + w] = v2[w];
+            }
+        }
+        __syncthreads();
+        // Scores of this thread's 8 keys j = sub + 8i.
+        float sc[kTileK / 8];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < kTileK / 8; ++i) {
+            const int j = sub + 8 * i;
+            float dot = 0.0f;
+            if (j < nk) {
+                const float2* q2 = reinterpret_cast<const float2*>(sq[row]);
+                for (int d2 = 0; d2 < hd2; ++d2) {
+                    const float2 kf = __half22float2(sk[j][d2]);
+                    const float2 qf = q2[d2];
+                    dot += qf.x * kf.x + qf.y * kf.y;
+                }
+            }
+            const bool ok = row_live && j < nk && k0 + j <= qpos;
+            sc[i] = ok ? dot * scale : -INFINITY;
+            tile_max = fmaxf(tile_max, sc[i]);
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+        const float m_new = fmaxf(m, tile_max);
+        // A row with no live key yet keeps m = -inf; guard the exponent then.
+        const float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);
+        float psum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kTileK / 8; ++i) {
+            const float p = sc[i] == -INFINITY ? 0.0f : expf(sc[i] - m_new);
+            sp[row][sub + 8 * i] = p;
+            psum += p;
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+        l = l * corr + psum;
+        m = m_new;
+        __syncwarp();  // sp of this row is written by the same warp's 8 threads
+        // Output dims d = 2 (sub + 8i) and +1 for this thread.
+#pragma unroll
+        for (int i = 0; i < kMaxTileHd / 16; ++i) {
+            const int d2 = sub + 8 * i;
+            if (d2 < hd2) {
+                float ax = o[2 * i] * corr, ay = o[2 * i + 1] * corr;
+                for (int j = 0; j < nk; ++j) {
+                    const float p = sp[row][j];
+                    const float2 vf = __half22float2(sv[j][d2]);
+                    ax += p * vf.x;
+                    ay += p * vf.y;
+                }
+                o[2 * i] = ax;
+                o[2 * i + 1] = ay;
+            }
+        }
+    }
+    if (!row_live) return;
+    float* orow = out + (size_t(r0 + row) * n_heads + h) * hd;
+#pragma unroll
+    for (int i = 0; i < kMaxTileHd / 16; ++i) {
+        const int d2 = sub + 8 * i;
+        if (d2 < hd2) {
+            orow[2 * d2] = o[2 * i] / l;
+            orow[2 * d2 + 1] = o[2 * i + 1] / l;
+        }
+    }
+}
+
+}  // namespace
+
+size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
+    return size_t(rows) * n_heads * plan_for(n_ctx).n_splits * (head_dim + 2);
+}
+
+void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
+    const SplitPlan plan = plan_for(a.n_ctx);
+    const int hd = a.head_dim;
+    const int store_threads = std::min(1024, std::max(32, a.n_kv_heads * hd));
+    const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + kThreads);
+    if (smem > 48 * 1024)
+        throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
+    const dim3 grid(plan.n_splits, a.n_heads, a.rows);
+    const bool tiled = a.f16_cache && a.rows > 4 && hd <= kMaxTileHd && hd % 8 == 0;
+    if (tiled) {
+        if (!a.kv_stored) {
+            store_kv_kernel<__half><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<__half*>(a.k_cache), static_cast<__half*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
+        attn_tile_kernel<<<dim3((a.rows + kTileQ - 1) / kTileQ, a.n_heads), kThreads, 0, stream>>>(
+            a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
+            a.rows, a.n_heads, a.n_kv_heads, hd, a.out);
+        MN_CUDA_CHECK_LAUNCH("attn_tile_kernel");
+        return;
+    }
+    if (a.f16_cache) {
+        if (!a.kv_stored) {
+            store_kv_kernel<__half><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<__half*>(a.k_cache), static_cast<__half*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
+        attn_split_kernel<__half><<<grid, kThreads, smem, stream>>>(
+            a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
+            a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
+    } else {
+        if (!a.kv_stored) {
+            store_kv_kernel<float><<<a.rows, store_threads, 0, stream>>>(
+                a.k, a.v, static_cast<float*>(a.k_cache), static_cast<float*>(a.v_cache), a.n_ctx, a.pos0,
+                a.n_kv_heads, hd);
+            MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
+        }
+        attn_split_kernel<float><<<grid, kThreads, smem, stream>>>(
+            a.q, static_cast<const float*>(a.k_cache), static_cast<const float*>(a.v_cache), a.n_ctx, a.pos0,
+            a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
+    }
+    MN_CUDA_CHECK_LAUNCH("attn_split_kernel");
+    attn_combine_kernel<<<dim3(a.n_heads, a.rows), std::min(256, ((hd + 31) / 32) * 32), 0, stream>>>(
+        a.scratch, a.pos0, a.n_heads, hd, plan.chunk, plan.n_splits, a.out);
+    MN_CUDA_CHECK_LAUNCH("attn_combine_kernel");
+}
+
+}  // namespace mn::cuda

@@ -1,0 +1,412 @@
+// Shared by the CUDA backend's .cu files: error checking that turns every CUDA
+// failure into an mn::Error, and the GGUF block layouts as the device reads them.
+//
+// Weights stay in their GGUF block formats on the device. Every kernel that
+// consumes a weight reads it through load_chunk32<T>(): the 32 consecutive
+// elements [32c, 32c + 32) of one row, dequantized to float. A chunk is one
+// block for the 32-element formats and one eighth of a 256-element super-block
+// for the K-quants, so every kernel walks rows in the same 32-element steps.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/error.h"
+#include "quant/formats.h"
+
+namespace mn::cuda {
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+[[noreturn]] inline void throw_cuda(cudaError_t err, const char* call, const char* file, int line) {
+    std::string msg = std::string("CUDA error in ") + call + " (" + file + ":" + std::to_string(line) +
+                      "): " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+    if (err == cudaErrorMemoryAllocation) msg += " (out of device memory)";
+    throw Error(msg);
+}
+
+#define MN_CUDA_CHECK(call)                                                            \
+    do {                                                                               \
+        cudaError_t mn_err_ = (call);                                                  \
+        if (mn_err_ != cudaSuccess) ::mn::cuda::throw_cuda(mn_err_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+// After a kernel launch: launch-configuration errors show up here, execution
+// errors at the next synchronizing call.
+#define MN_CUDA_CHECK_LAUNCH(name)                                                     \
+    do {                                                                               \
+        cudaError_t mn_err_ = cudaGetLastError();                                      \
+        if (mn_err_ != cudaSuccess) ::mn::cuda::throw_cuda(mn_err_, name, __FILE__, __LINE__); \
+    } while (0)
+
+// ---------------------------------------------------------------------------
+// Block layouts (the GGUF file format). Only 2-byte alignment is guaranteed
+// for the 32-element formats (their block sizes are 18, 22, 34 bytes), so
+// their fields are read 16 bits at a time.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ float f16_at(const uint8_t* p) {
+    return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
+}
+__device__ __forceinline__ uint32_t u32_at_a2(const uint8_t* p) {  // 2-byte aligned 32-bit read
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+    return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+}
+
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
+__device__ __forceinline__ void k_scale_min(const uint8_t* s, int j, int& sc, int& m) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+template <TensorType T>
+struct Fmt;
+
+template <> struct Fmt<TensorType::F32> { static constexpr int block = 1, bytes = 4; };
+template <> struct Fmt<TensorType::F16> { static constexpr int block = 1, bytes = 2; };
+template <> struct Fmt<TensorType::BF16> { static constexpr int block = 1, bytes = 2; };
+template <> struct Fmt<TensorType::Q4_0> { static constexpr int block = 32, bytes = 18; };
+template <> struct Fmt<TensorType::Q4_1> { static constexpr int block = 32, bytes = 20; };
+template <> struct Fmt<TensorType::Q5_0> { static constexpr int block = 32, bytes = 22; };
+template <> struct Fmt<TensorType::Q5_1> { static constexpr int block = 32, bytes = 24; };
+template <> struct Fmt<TensorType::Q8_0> { static constexpr int block = 32, bytes = 34; };
+template <> struct Fmt<TensorType::Q2_K> { static constexpr int block = 256, bytes = 84; };
+template <> struct Fmt<TensorType::Q3_K> { static constexpr int block = 256, bytes = 110; };
+template <> struct Fmt<TensorType::Q4_K> { static constexpr int block = 256, bytes = 144; };
+template <> struct Fmt<TensorType::Q5_K> { static constexpr int block = 256, bytes = 176; };
+template <> struct Fmt<TensorType::Q6_K> { static constexpr int block = 256, bytes = 210; };
+
+// Elements [32c, 32c+32) of a row into v. For the float formats elements at
+// or past K read as 0 (their rows need not be a multiple of 32 long); the
+// block formats have K a multiple of their block by construction.
+template <TensorType T>
+__device__ __forceinline__ void load_chunk32(const uint8_t* row, int c, int K, float v[32]) {
+    if constexpr (T == TensorType::F32) {
+        const float* p = reinterpret_cast<const float*>(row) + 32 * c;
+        if (32 * c + 32 <= K) {
+            // Rows of an F32 weight are 4-byte aligned only; read scalars.
+#pragma unroll
+            for (int i = 0; i < 32; ++i) v[i] = p[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i < 32; ++i) v[i] = 32 * c + i < K ? p[i] : 0.0f;
+        }
+    } else if constexpr (T == TensorType::F16 || T == TensorType::BF16) {
+        const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + 32 * c;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            uint16_t b = (32 * c + i < K) ? p[i] : uint16_t(0);
+            if constexpr (T == TensorType::F16) v[i] = __half2float(__ushort_as_half(b));
+            else v[i] = __uint_as_float(uint32_t(b) << 16);
+        }
+    } else if constexpr (T == TensorType::Q4_0) {
+        const uint8_t* b = row + size_t(c) * 18;
+        const float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(b + 2 + i);
+            v[i] = (int(q & 0xF) - 8) * d;
+            v[i + 16] = (int((q >> 4) & 0xF) - 8) * d;
+            v[i + 1] = (int((q >> 8) & 0xF) - 8) * d;
+            v[i + 17] = (int(q >> 12) - 8) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_1) {
+        const uint8_t* b = row + size_t(c) * 20;
+        const float d = f16_at(b), m = f16_at(b + 2);
+#pragma unroll
+        for (int i = 0; i < 16; i += 4) {
+            const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 4 + i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[i + j] = float((q >> (8 * j)) & 0xF) * d + m;
+                v[i + j + 16] = float((q >> (8 * j + 4)) & 0xF) * d + m;
+            }
+        }
+    } else if constexpr (T == TensorType::Q5_0 || T == TensorType::Q5_1) {
+        constexpr bool has_min = T == TensorType::Q5_1;
+        const uint8_t* b = row + size_t(c) * (has_min ? 24 : 22);
+        const float d = f16_at(b);
+        const float m = has_min ? f16_at(b + 2) : -16.0f * d;
+        const uint8_t* hp = b + (has_min ? 4 : 2);
+        const uint32_t qh = u32_at_a2(hp);
+        const uint8_t* qs = hp + 4;
+#pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(qs + i);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int lo = ((q >> (8 * j)) & 0xF) | (((qh >> (i + j)) & 1) << 4);
+                const int hi = ((q >> (8 * j + 4)) & 0xF) | (((qh >> (i + j + 16)) & 1) << 4);
+                v[i + j] = float(lo) * d + m;
+                v[i + j + 16] = float(hi) * d + m;
+            }
+        }
+    } else if constexpr (T == TensorType::Q8_0) {
+        const uint8_t* b = row + size_t(c) * 34;
+        const float d = f16_at(b);
+#pragma unroll
+        for (int i = 0; i < 32; i += 2) {
+            const uint16_t q = *reinterpret_cast<const uint16_t*>(b + 2 + i);
+            v[i] = float(int8_t(q & 0xFF)) * d;
+            v[i + 1] = float(int8_t(q >> 8)) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        // Super-block: d, dmin (f16), 12 bytes of 6-bit scales/mins, [Q5_K: 32 bytes of high bits],
+        // 128 bytes of nibbles. Sub-blocks 2i and 2i+1 share qs[32i..32i+32): low, then high nibbles.
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const uint8_t* b = row + size_t(c >> 3) * (q5 ? 176 : 144);
+        const int j = c & 7, pair = j >> 1, hi = j & 1;
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        int sc, mn;
+        k_scale_min(b + 4, j, sc, mn);
+        const float dl = d * float(sc), ml = dmin * float(mn);
+        const uint8_t* qs = b + (q5 ? 48 : 16) + 32 * pair;
+        const uint4* q4 = reinterpret_cast<const uint4*>(qs);  // 16-byte aligned: 144/176-byte blocks, offsets 16/48
+        uint32_t words[8];
+        const uint4 a = q4[0], bb = q4[1];
+        words[0] = a.x; words[1] = a.y; words[2] = a.z; words[3] = a.w;
+        words[4] = bb.x; words[5] = bb.y; words[6] = bb.z; words[7] = bb.w;
+        uint32_t hwords[8];
+        if constexpr (q5) {
+            const uint4* h4 = reinterpret_cast<const uint4*>(b + 16);
+            const uint4 ha = h4[0], hb = h4[1];
+            hwords[0] = ha.x; hwords[1] = ha.y; hwords[2] = ha.z; hwords[3] = ha.w;
+            hwords[4] = hb.x; hwords[5] = hb.y; hwords[6] = hb.z; hwords[7] = hb.w;
+        }
+#pragma unroll
+        for (int w = 0; w < 8; ++w) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                int q = (words[w] >> (8 * k + 4 * hi)) & 0xF;
+                if constexpr (q5) q |= ((hwords[w] >> (8 * k + j)) & 1) << 4;
+                v[4 * w + k] = dl * float(q) - ml;
+            }
+        }
+    } else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K) {
+        // Both hold 2-bit values in qs: chunk c is half h = c / 4, shift 2 (c % 4), over the 32 bytes
+        // qs[32h..]; its two 16-element halves have scales 8h + 2(c % 4) and the one after.
+        // Q2_K: scales[16] (4-bit scale | 4-bit min << 4), qs[64], f16 d, f16 dmin.
+        // Q3_K: hmask[32] (bit 4h + c % 4 of byte l set: no -4), qs[64], 12 bytes of 6-bit scales, f16 d.
+        constexpr bool q3 = T == TensorType::Q3_K;
+        const uint8_t* b = row + size_t(c >> 3) * (q3 ? 110 : 84);
+        const int h = (c >> 2) & 1, j = c & 3;
+        const uint8_t* qs = b + (q3 ? 32 : 16) + 32 * h;
+        float dl[2], ml[2];
+        if constexpr (q3) {
+            const float d = f16_at(b + 108);
+            const uint8_t* s = b + 96;
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+                const int i = 8 * h + 2 * j + t;
+                const int lo = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
+                const int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+                dl[t] = d * float((lo | (hi << 4)) - 32);
+                ml[t] = 0.0f;
+            }
+        } else {
+            const float d = f16_at(b + 80), dmin = f16_at(b + 82);
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+                const int sc = b[8 * h + 2 * j + t];
+                dl[t] = d * float(sc & 0xF);
+                ml[t] = dmin * float(sc >> 4);
+            }
+        }
+#pragma unroll
+        for (int l = 0; l < 32; l += 2) {
+            const uint16_t q2 = *reinterpret_cast<const uint16_t*>(qs + l);
+            uint16_t hm2 = 0;
+            if constexpr (q3) hm2 = *reinterpret_cast<const uint16_t*>(b + l);
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                int q = (q2 >> (8 * k + 2 * j)) & 3;
+                if constexpr (q3) q -= ((hm2 >> (8 * k + 4 * h + j)) & 1) ? 0 : 4;
+                const int t = (l + k) >> 4;
+                v[l + k] = dl[t] * float(q) - ml[t];
+            }
+        }
+    } else if constexpr (T == TensorType::Q6_K) {
+        // Super-block: ql[128], qh[64], int8 scales[16], f16 d. Half h (128 elements) uses
+        // ql[64h..], qh[32h..], scales[8h..]; its quarter q holds elements 32q + l, l < 32.
+        const uint8_t* b = row + size_t(c >> 3) * 210;
+        const int h = (c >> 2) & 1, q = c & 3;
+        const float d = f16_at(b + 208);
+        const uint8_t* ql = b + 64 * h + (q & 1) * 32;
+        const uint8_t* qh = b + 128 + 32 * h;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * h);
+        const float d0 = d * float(sc[2 * q]), d1 = d * float(sc[2 * q + 1]);
+        const int lshift = (q >> 1) * 4, hshift = 2 * q;
+        // ql/qh offsets are multiples of 32 in a 210-byte block: only 2-byte aligned.
+#pragma unroll
+        for (int l = 0; l < 32; l += 2) {
+            const uint16_t lo2 = *reinterpret_cast<const uint16_t*>(ql + l);
+            const uint16_t hi2 = *reinterpret_cast<const uint16_t*>(qh + l);
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const int lo = (lo2 >> (8 * k + lshift)) & 0xF;
+                const int hb = (hi2 >> (8 * k + hshift)) & 3;
+                v[l + k] = (l + k < 16 ? d0 : d1) * float((lo | (hb << 4)) - 32);
+            }
+        }
+    }
+}
+
+// Elements [e, e + 8) of a row (e a multiple of 8) into v: the unit of the
+// decode kernels, whose consecutive lanes take consecutive pieces so that a
+// warp's reads of weights and activations are contiguous. For the float
+// formats elements at or past K read as 0.
+template <TensorType T>
+__device__ __forceinline__ void load8(const uint8_t* row, int e, int K, float v[8]) {
+    if constexpr (T == TensorType::F32) {
+        const float* p = reinterpret_cast<const float*>(row) + e;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = e + i < K ? p[i] : 0.0f;
+    } else if constexpr (T == TensorType::F16 || T == TensorType::BF16) {
+        const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + e;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint16_t b = e + i < K ? p[i] : uint16_t(0);
+            if constexpr (T == TensorType::F16) v[i] = __half2float(__ushort_as_half(b));
+            else v[i] = __uint_as_float(uint32_t(b) << 16);
+        }
+    } else if constexpr (T == TensorType::Q4_0 || T == TensorType::Q4_1 || T == TensorType::Q5_0 ||
+                         T == TensorType::Q5_1) {
+        constexpr bool has_min = T == TensorType::Q4_1 || T == TensorType::Q5_1;
+        constexpr bool five = T == TensorType::Q5_0 || T == TensorType::Q5_1;
+        constexpr int bytes = Fmt<T>::bytes;
+        const uint8_t* b = row + size_t(e >> 5) * bytes;
+        const int o = e & 31, lo = o & 15, shift = o >= 16 ? 4 : 0;
+        const float d = f16_at(b);
+        const uint8_t* qs = b + (has_min ? 4 : 2) + (five ? 4 : 0);
+        uint32_t qh = 0;
+        if constexpr (five) qh = u32_at_a2(b + (has_min ? 4 : 2));
+        // 8 bytes of nibbles at qs + lo (2-byte aligned at least)
+        uint32_t w0, w1;
+        if constexpr (has_min) {  // 20/24-byte blocks: 4-byte aligned
+            w0 = *reinterpret_cast<const uint32_t*>(qs + lo);
+            w1 = *reinterpret_cast<const uint32_t*>(qs + lo + 4);
+        } else {
+            w0 = u32_at_a2(qs + lo);
+            w1 = u32_at_a2(qs + lo + 4);
+        }
+        float m;
+        if constexpr (has_min) m = f16_at(b + 2);
+        else m = (five ? -16.0f : -8.0f) * d;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint32_t w = i < 4 ? w0 : w1;
+            int q = (w >> (8 * (i & 3) + shift)) & 0xF;
+            if constexpr (five) q |= ((qh >> (o + i)) & 1) << 4;
+            v[i] = float(q) * d + m;
+        }
+    } else if constexpr (T == TensorType::Q8_0) {
+        const uint8_t* b = row + size_t(e >> 5) * 34;
+        const float d = f16_at(b);
+        const uint16_t* q = reinterpret_cast<const uint16_t*>(b + 2 + (e & 31));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const uint16_t t = q[i];
+            v[2 * i] = float(int8_t(t & 0xFF)) * d;
+            v[2 * i + 1] = float(int8_t(t >> 8)) * d;
+        }
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const uint8_t* b = row + size_t(e >> 8) * (q5 ? 176 : 144);
+        const int j = (e >> 5) & 7, l0 = e & 31;
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        int sc, mn;
+        k_scale_min(b + 4, j, sc, mn);
+        const float dl = d * float(sc), ml = dmin * float(mn);
+        const uint2 q = *reinterpret_cast<const uint2*>(b + (q5 ? 48 : 16) + 32 * (j >> 1) + l0);  // 8-byte aligned
+        uint2 h = make_uint2(0, 0);
+        if constexpr (q5) h = *reinterpret_cast<const uint2*>(b + 16 + l0);
+        const int shift = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint32_t w = i < 4 ? q.x : q.y;
+            int qv = (w >> (8 * (i & 3) + shift)) & 0xF;
+            if constexpr (q5) qv |= (((i < 4 ? h.x : h.y) >> (8 * (i & 3) + j)) & 1) << 4;
+            v[i] = dl * float(qv) - ml;
+        }
+    } else if constexpr (T == TensorType::Q6_K) {
+        const uint8_t* b = row + size_t(e >> 8) * 210;
+        const int c = (e >> 5) & 7, h = c >> 2, qq = c & 3, l0 = e & 31;
+        const float d = f16_at(b + 208);
+        const uint8_t* ql = b + 64 * h + (qq & 1) * 32 + l0;
+        const uint8_t* qh = b + 128 + 32 * h + l0;
+        const float ds = d * float(reinterpret_cast<const int8_t*>(b + 192 + 8 * h)[2 * qq + (l0 >> 4)]);
+        const uint32_t lw0 = u32_at_a2(ql), lw1 = u32_at_a2(ql + 4);
+        const uint32_t hw0 = u32_at_a2(qh), hw1 = u32_at_a2(qh + 4);
+        const int lshift = (qq >> 1) * 4, hshift = 2 * qq;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int lo = ((i < 4 ? lw0 : lw1) >> (8 * (i & 3) + lshift)) & 0xF;
+            const int hb = ((i < 4 ? hw0 : hw1) >> (8 * (i & 3) + hshift)) & 3;
+            v[i] = ds * float((lo | (hb << 4)) - 32);
+        }
+    } else if constexpr (T == TensorType::Q2_K || T == TensorType::Q3_K) {
+        constexpr bool q3 = T == TensorType::Q3_K;
+        const uint8_t* b = row + size_t(e >> 8) * (q3 ? 110 : 84);
+        const int c = (e >> 5) & 7, h = c >> 2, j = c & 3, l0 = e & 31;
+        const int si = 8 * h + 2 * j + (l0 >> 4);
+        float dl, ml = 0.0f;
+        if constexpr (q3) {
+            const uint8_t* s = b + 96;
+            const int lo = si < 8 ? (s[si] & 0xF) : (s[si - 8] >> 4);
+            const int hi = (s[8 + (si & 3)] >> (2 * (si >> 2))) & 3;
+            dl = f16_at(b + 108) * float((lo | (hi << 4)) - 32);
+        } else {
+            const int sc = b[si];
+            dl = f16_at(b + 80) * float(sc & 0xF);
+            ml = f16_at(b + 82) * float(sc >> 4);
+        }
+        const uint8_t* qs = b + (q3 ? 32 : 16) + 32 * h + l0;
+        const uint32_t q0 = u32_at_a2(qs), q1 = u32_at_a2(qs + 4);
+        uint32_t m0 = 0, m1 = 0;
+        if constexpr (q3) { m0 = u32_at_a2(b + l0); m1 = u32_at_a2(b + l0 + 4); }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            int q = ((i < 4 ? q0 : q1) >> (8 * (i & 3) + 2 * j)) & 3;
+            if constexpr (q3) q -= (((i < 4 ? m0 : m1) >> (8 * (i & 3) + 4 * h + j)) & 1) ? 0 : 4;
+            v[i] = dl * float(q) - ml;
+        }
+    }
+}
+
+// Calls f.template operator()<T>() for a runtime type; false if the type has no kernels.
+template <typename F>
+inline bool dispatch_type(TensorType t, F&& f) {
+    switch (t) {
+        case TensorType::F32: f.template operator()<TensorType::F32>(); return true;
+        case TensorType::F16: f.template operator()<TensorType::F16>(); return true;
+        case TensorType::BF16: f.template operator()<TensorType::BF16>(); return true;
+        case TensorType::Q4_0: f.template operator()<TensorType::Q4_0>(); return true;
+        case TensorType::Q4_1: f.template operator()<TensorType::Q4_1>(); return true;
+        case TensorType::Q5_0: f.template operator()<TensorType::Q5_0>(); return true;
+        case TensorType::Q5_1: f.template operator()<TensorType::Q5_1>(); return true;
+        case TensorType::Q8_0: f.template operator()<TensorType::Q8_0>(); return true;
+        case TensorType::Q2_K: f.template operator()<TensorType::Q2_K>(); return true;
+        case TensorType::Q3_K: f.template operator()<TensorType::Q3_K>(); return true;
+        case TensorType::Q4_K: f.template operator()<TensorType::Q4_K>(); return true;
+        case TensorType::Q5_K: f.template operator()<TensorType::Q5_K>(); return true;
+        case TensorType::Q6_K: f.template operator()<TensorType::Q6_K>(); return true;
+        default: return false;
+    }
+}
+
+struct TypeProbe {
+    template <TensorType T>
+    void operator()() const {}
+};
+inline bool type_supported(TensorType t) { return dispatch_type(t, TypeProbe{}); }
+
+}  // namespace mn::cuda

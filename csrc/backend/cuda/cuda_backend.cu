@@ -1,0 +1,760 @@
+// The CUDA backend: device memory, weight upload, one stream, op fusion and
+// the CUDA graph that replays a decode step.
+//
+// Fusion. Ops arrive one at a time from the transformer. rms_norm and matmul
+// are held back ("pending") so that what follows can join them: the matmuls
+// that share one input (q, k, v; gate, up) become one launch, the norm that
+// produced that input is computed inside it, a following add() of a matmul's
+// output into the residual stream is done by the matmul, and a SwiGLU of
+// gate and up is done by the launch that computes them. Every other op, and
+// every read, first launches what is pending, in order, so the results are
+// those of the ops one by one.
+//
+// Graphs. A step the transformer marks replayable (a decode step: one row, no
+// reads before its output) is run eagerly the first time, recorded the second
+// time, and replayed afterwards: the token id and the position live in pinned
+// host memory that the graph copies to the device, so the graph stays valid
+// as the position moves. The recording ends at the step's first read (or
+// top_k), which runs after the graph launch. Each op's arguments are hashed
+// while recording and checked on replay, so a transformer that issued a
+// different sequence gets an error instead of wrong results.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace mn {
+
+namespace {
+
+using cuda::QMatrix;
+
+QMatrix qmatrix(const WeightTensor& w) {
+    QMatrix m;
+    m.data = static_cast<const uint8_t*>(w.device);
+    m.type = w.type;
+    m.K = int(w.ne0);
+    m.N = int(w.ne1);
+    m.row_bytes = w.row_bytes;
+    return m;
+}
+
+std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20) + " MiB"; }
+
+// FNV-1a over the words of an op's arguments.
+struct Sig {
+    uint64_t h = 1469598103934665603ull;
+    Sig& add(uint64_t v) {
+        for (int i = 0; i < 8; ++i) {
+            h ^= (v >> (8 * i)) & 0xFF;
+            h *= 1099511628211ull;
+        }
+        return *this;
+    }
+    Sig& add(const void* p) { return add(uint64_t(reinterpret_cast<uintptr_t>(p))); }
+};
+
+class CudaBackend final : public Backend {
+public:
+    explicit CudaBackend(const BackendOptions& options);
+    ~CudaBackend() override;
+
+    std::string name() const override { return "cuda"; }
+
+    Buffer alloc(int64_t n, DType dtype) override;
+    void release(Buffer& buffer) override;
+    void upload(WeightTensor& weight) override;
+    void read(const Buffer& src, int64_t offset, int64_t n, float* dst) override;
+    void synchronize() override;
+
+    void embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) override;
+    void rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) override;
+    void matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias) override;
+    void rope(Buffer& q, Buffer& k, int rows, int pos0, const AttentionShape& shape, float base,
+              RopeStyle style) override;
+    void attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows, int pos0,
+                   const AttentionShape& shape, Buffer& out) override;
+    void swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) override;
+    void add(Buffer& x, const Buffer& y, int64_t n) override;
+    void copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) override;
+
+    void begin_step(int rows, int pos0, bool replayable) override;
+    void end_step() override;
+    void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) override;
+
+private:
+    enum class Mode { Eager, Capture, Replay };
+
+    // Returns true when the op must not run (it is part of a graph being replayed).
+    bool record(Sig sig);
+    void flush();
+    void launch_pending_norm();
+    void set_pos(int pos0);
+    void wait_host_staging();
+    void ensure_ids(int rows);
+    void ensure_scratch(size_t floats);
+    void ensure_row_scale(int rows);
+    const float* rope_table(float base, int head_dim);
+    // Ends a recording or replays the graph: the work of the step so far is then enqueued.
+    void finish_graph_part();
+    void abort_capture();
+    void drop_graph();
+    void* device_alloc(size_t bytes, const std::string& what);
+
+    int device_ = 0;
+    cudaStream_t stream_ = nullptr;
+    bool graphs_enabled_ = true;
+
+    std::vector<void*> weights_;  // freed with the backend (close())
+    std::unordered_set<void*> buffers_;  // live alloc()s: freed with the backend if the owner could not
+    size_t weight_bytes_ = 0;
+
+    // Pinned host staging read by (recorded) copies, and their device twins.
+    int* h_pos_ = nullptr;
+    int* d_pos_ = nullptr;
+    int32_t* h_ids_ = nullptr;
+    int32_t* d_ids_ = nullptr;
+    int ids_capacity_ = 0;
+    int32_t* h_topk_ = nullptr;  // 64 ids then 64 floats
+    void* d_topk_ = nullptr;
+    void* d_topk_scratch_ = nullptr;
+    size_t topk_scratch_bytes_ = 0;
+    bool staging_in_use_ = false;  // copies from the pinned staging may still be pending
+    int device_pos_ = -1;          // the position d_pos_ holds (or will hold) in stream order
+
+    float* scratch_ = nullptr;  // attention partials
+    size_t scratch_floats_ = 0;
+    float* row_scale_ = nullptr;  // per-row fp16 scales of a prefill matmul's input
+    int row_scale_rows_ = 0;
+    struct RopeTable {
+        float base;
+        int head_dim;
+        float* freq;
+    };
+    std::vector<RopeTable> rope_tables_;  // RoPE frequencies per (base, head_dim), computed once
+
+    // Pending fusion state.
+    struct PendingNorm {
+        bool active = false;
+        const float* x = nullptr;
+        const float* w = nullptr;
+        float eps = 0;
+        int rows = 0, width = 0;
+        float* out = nullptr;
+    } norm_;
+    struct PendingRope {
+        bool active = false;
+        float* q = nullptr;
+        float* k = nullptr;
+        int rows = 0;
+        AttentionShape shape;
+        const float* freq = nullptr;
+        bool neox = false;
+    } rope_;
+    struct PendingMatmul {
+        int n = 0;
+        cuda::MatvecJob jobs[cuda::kMaxMatvecJobs];
+        const float* x = nullptr;
+        int rows = 0, K = 0;
+        float* swiglu_out = nullptr;
+    } mm_;
+
+    // Graph state.
+    Mode mode_ = Mode::Eager;
+    int replayable_steps_ = 0;  // replayable steps seen since the graph was dropped
+    bool step_open_ = false;
+    bool graph_done_this_step_ = false;
+    bool ops_after_graph_ = false;
+    cudaGraphExec_t graph_exec_ = nullptr;
+    std::vector<uint64_t> sigs_;
+    size_t replay_index_ = 0;
+};
+
+CudaBackend::CudaBackend(const BackendOptions& options) {
+    MN_CUDA_CHECK(cudaGetDevice(&device_));
+    MN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (const char* g = std::getenv("METALLIC_CUDA_GRAPHS")) graphs_enabled_ = std::string(g) != "0";
+    MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
+    MN_CUDA_CHECK(cudaMallocHost(&h_topk_, 128 * sizeof(int32_t)));
+    d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
+    d_topk_ = device_alloc(128 * sizeof(int32_t), "top-k results");
+    ensure_ids(256);
+}
+
+CudaBackend::~CudaBackend() {
+    // Best effort: destructors must not throw, and the device may be in an error state.
+    if (stream_) {
+        cudaStreamCaptureStatus st;
+        if (cudaStreamIsCapturing(stream_, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+            cudaGraph_t g = nullptr;
+            cudaStreamEndCapture(stream_, &g);
+            if (g) cudaGraphDestroy(g);
+        }
+        cudaStreamSynchronize(stream_);
+    }
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    for (void* p : weights_) cudaFree(p);
+    for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
+    for (RopeTable& t : rope_tables_) cudaFree(t.freq);
+    for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
+                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_)})
+        if (p) cudaFree(p);
+    if (h_pos_) cudaFreeHost(h_pos_);
+    if (h_ids_) cudaFreeHost(h_ids_);
+    if (h_topk_) cudaFreeHost(h_topk_);
+    if (stream_) cudaStreamDestroy(stream_);
+}
+
+void* CudaBackend::device_alloc(size_t bytes, const std::string& what) {
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+    if (err != cudaSuccess) {
+        cudaGetLastError();  // clear the sticky-free allocation error
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        throw Error("cuda backend: out of device memory allocating " + mib(bytes) + " for " + what + " (" +
+                    mib(free_b) + " free of " + mib(total_b) + ", weights hold " + mib(weight_bytes_) + "): " +
+                    cudaGetErrorString(err));
+    }
+    return p;
+}
+
+Buffer CudaBackend::alloc(int64_t n, DType dtype) {
+    if (mode_ != Mode::Eager) throw Error("cuda backend: alloc during a recorded step");
+    Buffer b;
+    b.n = n;
+    b.dtype = dtype;
+    const size_t bytes = size_t(n) * dtype_size(dtype);
+    b.data = device_alloc(bytes, "a " + std::to_string(n) + "-element buffer");
+    // Zeroed like the CPU backend's buffers (the KV cache beyond n_past is never read, but be exact).
+    const cudaError_t err = cudaMemset(b.data, 0, std::max<size_t>(bytes, 1));
+    if (err != cudaSuccess) {
+        cudaFree(b.data);
+        cuda::throw_cuda(err, "cudaMemset", __FILE__, __LINE__);
+    }
+    buffers_.insert(b.data);
+    return b;
+}
+
+void CudaBackend::release(Buffer& b) {
+    // Called from destructors: never throws.
+    if (b.data) {
+        try {
+            if (mode_ == Mode::Eager) flush();
+        } catch (const std::exception&) {
+            // The device is in an error state; the memory is freed regardless.
+        }
+        norm_.active = false;
+        rope_.active = false;
+        mm_.n = 0;
+        cudaStreamSynchronize(stream_);
+        buffers_.erase(b.data);
+        cudaFree(b.data);
+        cudaGetLastError();
+    }
+    b = Buffer{};
+}
+
+void CudaBackend::upload(WeightTensor& w) {
+    const TypeTraits* tt = type_traits(w.type);
+    if (!cuda::type_supported(w.type))
+        throw Error("cuda backend: tensor '" + w.name + "' has type " + (tt ? tt->name : "unknown") +
+                    ", which the CUDA kernels do not support (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, "
+                    "Q3_K, Q4_K, Q5_K, Q6_K)");
+    if (w.ne0 > INT32_MAX || w.ne1 > INT32_MAX) throw Error("cuda backend: tensor '" + w.name + "' is too large");
+    const size_t bytes = w.row_bytes * size_t(w.ne1);
+    void* p = device_alloc(bytes, "tensor '" + w.name + "'");
+    weights_.push_back(p);
+    weight_bytes_ += bytes;
+    MN_CUDA_CHECK(cudaMemcpy(p, w.host, bytes, cudaMemcpyHostToDevice));
+    w.device = p;
+}
+
+void CudaBackend::ensure_ids(int rows) {
+    if (rows <= ids_capacity_) return;
+    wait_host_staging();
+    if (h_ids_) cudaFreeHost(h_ids_);
+    if (d_ids_) cudaFree(d_ids_);
+    h_ids_ = nullptr;
+    d_ids_ = nullptr;
+    ids_capacity_ = 0;
+    MN_CUDA_CHECK(cudaMallocHost(&h_ids_, sizeof(int32_t) * rows));
+    d_ids_ = static_cast<int32_t*>(device_alloc(sizeof(int32_t) * rows, "token ids"));
+    ids_capacity_ = rows;
+}
+
+void CudaBackend::ensure_scratch(size_t floats) {
+    if (floats <= scratch_floats_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: attention scratch must grow during a recorded step");
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (scratch_) cudaFree(scratch_);
+    scratch_ = nullptr;
+    scratch_floats_ = 0;
+    scratch_ = static_cast<float*>(device_alloc(floats * sizeof(float), "attention scratch"));
+    scratch_floats_ = floats;
+}
+
+void CudaBackend::ensure_row_scale(int rows) {
+    if (rows <= row_scale_rows_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: row scales must grow during a recorded step");
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (row_scale_) cudaFree(row_scale_);
+    row_scale_ = nullptr;
+    row_scale_rows_ = 0;
+    row_scale_ = static_cast<float*>(device_alloc(sizeof(float) * rows, "row scales"));
+    row_scale_rows_ = rows;
+}
+
+const float* CudaBackend::rope_table(float base, int head_dim) {
+    for (const RopeTable& t : rope_tables_)
+        if (t.base == base && t.head_dim == head_dim) return t.freq;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: RoPE table must be made during a recorded step");
+    const int half = head_dim / 2;
+    std::vector<float> f(static_cast<size_t>(std::max(half, 1)));
+    // As the CPU backend computes them: in double, rounded to float.
+    for (int i = 0; i < half; ++i) f[i] = float(1.0 / std::pow(double(base), double(2 * i) / head_dim));
+    float* d = static_cast<float*>(device_alloc(f.size() * sizeof(float), "RoPE frequencies"));
+    rope_tables_.push_back({base, head_dim, d});
+    MN_CUDA_CHECK(cudaMemcpy(d, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+
+void CudaBackend::wait_host_staging() {
+    if (!staging_in_use_) return;
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_in_use_ = false;
+}
+
+void CudaBackend::set_pos(int pos0) {
+    if (pos0 == device_pos_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: position changed inside a recorded step");
+    wait_host_staging();
+    *h_pos_ = pos0;
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+    staging_in_use_ = true;
+    device_pos_ = pos0;
+}
+
+// ---- graph bookkeeping ----------------------------------------------------------------------
+
+bool CudaBackend::record(Sig sig) {
+    if (mode_ == Mode::Capture) {
+        if (!graph_done_this_step_) sigs_.push_back(sig.h);
+        else ops_after_graph_ = true;
+        return false;
+    }
+    if (mode_ == Mode::Replay) {
+        if (graph_done_this_step_) {
+            // An op after the output: the recorded graph no longer describes the step.
+            drop_graph();
+            throw Error("cuda backend: an op followed the output of a replayed decode step");
+        }
+        if (replay_index_ >= sigs_.size() || sigs_[replay_index_] != sig.h) {
+            const size_t at = replay_index_;
+            drop_graph();
+            throw Error("cuda backend: op " + std::to_string(at) +
+                        " of a decode step differs from the recorded CUDA graph");
+        }
+        ++replay_index_;
+        return true;
+    }
+    return false;
+}
+
+void CudaBackend::drop_graph() {
+    abort_capture();
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    graph_exec_ = nullptr;
+    sigs_.clear();
+    replayable_steps_ = 0;
+    mode_ = Mode::Eager;
+}
+
+void CudaBackend::abort_capture() {
+    cudaStreamCaptureStatus st;
+    if (cudaStreamIsCapturing(stream_, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+        cudaGraph_t g = nullptr;
+        cudaStreamEndCapture(stream_, &g);
+        if (g) cudaGraphDestroy(g);
+        cudaGetLastError();
+    }
+    if (mode_ == Mode::Capture) {
+        sigs_.clear();
+        mode_ = Mode::Eager;
+        device_pos_ = -1;  // the recorded copy never ran
+    }
+}
+
+void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
+    if (step_open_) {
+        // The previous step ended in an exception: forget a half-made recording.
+        abort_capture();
+        mode_ = Mode::Eager;
+    }
+    flush();
+    step_open_ = true;
+    graph_done_this_step_ = false;
+    ops_after_graph_ = false;
+    const bool graphable = graphs_enabled_ && replayable && rows == 1;
+    if (!graphable) {
+        mode_ = Mode::Eager;
+        set_pos(pos0);
+        return;
+    }
+    ++replayable_steps_;
+    wait_host_staging();
+    *h_pos_ = pos0;
+    if (graph_exec_) {
+        mode_ = Mode::Replay;
+        replay_index_ = 0;
+        device_pos_ = pos0;
+        staging_in_use_ = true;
+        return;
+    }
+    if (replayable_steps_ < 2) {
+        // The first decode step runs eagerly: it grows every lazily sized buffer,
+        // which a recording must not do.
+        mode_ = Mode::Eager;
+        MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+        staging_in_use_ = true;
+        device_pos_ = pos0;
+        return;
+    }
+    sigs_.clear();
+    MN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    mode_ = Mode::Capture;
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+    device_pos_ = pos0;
+}
+
+void CudaBackend::finish_graph_part() {
+    if (graph_done_this_step_) return;
+    if (mode_ == Mode::Capture) {
+        flush();
+        cudaGraph_t graph = nullptr;
+        MN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+        const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
+        cudaGraphDestroy(graph);
+        if (err != cudaSuccess) {
+            graph_exec_ = nullptr;
+            sigs_.clear();
+            mode_ = Mode::Eager;
+            cuda::throw_cuda(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+        }
+        MN_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+        staging_in_use_ = true;
+        graph_done_this_step_ = true;
+    } else if (mode_ == Mode::Replay) {
+        if (replay_index_ != sigs_.size()) {
+            drop_graph();
+            throw Error("cuda backend: a decode step ended before the recorded CUDA graph did");
+        }
+        MN_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+        staging_in_use_ = true;
+        graph_done_this_step_ = true;
+    }
+}
+
+void CudaBackend::end_step() {
+    if (mode_ != Mode::Eager) finish_graph_part();
+    flush();
+    if (mode_ == Mode::Capture && ops_after_graph_) drop_graph();  // the graph covers only part of the step
+    mode_ = Mode::Eager;
+    step_open_ = false;
+}
+
+// ---- pending ops ----------------------------------------------------------------------------
+
+void CudaBackend::launch_pending_norm() {
+    if (!norm_.active) return;
+    norm_.active = false;
+    cuda::launch_rms_norm(norm_.x, norm_.w, norm_.eps, norm_.rows, norm_.width, norm_.out, stream_);
+}
+
+void CudaBackend::flush() {
+    if (rope_.active) {
+        rope_.active = false;
+        cuda::launch_rope(rope_.q, rope_.k, rope_.rows, d_pos_, rope_.shape.n_heads, rope_.shape.n_kv_heads,
+                          rope_.shape.head_dim, rope_.freq, rope_.neox, stream_);
+    }
+    if (mm_.n == 0) {
+        launch_pending_norm();
+        return;
+    }
+    PendingMatmul mm = mm_;
+    mm_.n = 0;
+    mm_.swiglu_out = nullptr;
+    bool fuse_norm = norm_.active && norm_.out == mm.x && norm_.rows == mm.rows && norm_.width == mm.K &&
+                     norm_.out != norm_.x && mm.rows <= cuda::kMaxMatvecRows;
+    // The fused launch reads norm_.x in every block: nothing in it may write there.
+    for (int j = 0; fuse_norm && j < mm.n; ++j)
+        if (mm.jobs[j].out == norm_.x || mm.jobs[j].residual == norm_.x) fuse_norm = false;
+    if (mm.rows <= cuda::kMaxMatvecRows) {
+        cuda::MatvecInput in;
+        in.rows = mm.rows;
+        in.K = mm.K;
+        if (fuse_norm) {
+            norm_.active = false;
+            in.x = norm_.x;
+            in.norm_weight = norm_.w;
+            in.eps = norm_.eps;
+            in.norm_out = norm_.out;
+        } else {
+            launch_pending_norm();
+            in.x = mm.x;
+        }
+        if (mm.swiglu_out && fuse_norm) {
+            in.swiglu_out = mm.swiglu_out;
+            cuda::launch_matvec(mm.jobs, mm.n, in, stream_);
+        } else {
+            cuda::launch_matvec(mm.jobs, mm.n, in, stream_);
+            if (mm.swiglu_out)
+                cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, int64_t(mm.rows) * mm.jobs[0].w.N, mm.swiglu_out,
+                                    stream_);
+        }
+        return;
+    }
+    launch_pending_norm();
+    ensure_row_scale(mm.rows);
+    cuda::launch_row_scale(mm.x, mm.rows, mm.K, row_scale_, stream_);
+    for (int j = 0; j < mm.n; ++j)
+        cuda::launch_gemm(mm.jobs[j].w, mm.x, mm.rows, mm.jobs[j].out, mm.jobs[j].bias, mm.jobs[j].residual,
+                          row_scale_, stream_);
+    if (mm.swiglu_out)
+        cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, int64_t(mm.rows) * mm.jobs[0].w.N, mm.swiglu_out,
+                            stream_);
+}
+
+// ---- ops ------------------------------------------------------------------------------------
+
+void CudaBackend::read(const Buffer& src, int64_t offset, int64_t n, float* dst) {
+    if (mode_ == Mode::Capture || mode_ == Mode::Replay) {
+        if (!graph_done_this_step_) {
+            if (mode_ == Mode::Replay && replay_index_ != sigs_.size()) {
+                drop_graph();
+                throw Error("cuda backend: a decode step read its output before the recorded CUDA graph ended");
+            }
+            finish_graph_part();
+        } else {
+            ops_after_graph_ = true;
+        }
+    }
+    flush();
+    MN_CUDA_CHECK(cudaMemcpyAsync(dst, src.f32() + offset, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_in_use_ = false;
+}
+
+void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) {
+    if (k < 1 || k > n) throw InvalidArgument("top_k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+    if (k > 64) {
+        Backend::top_k(src, offset, n, k, ids, vals);  // through read(): the host selects
+        return;
+    }
+    if (mode_ == Mode::Capture || mode_ == Mode::Replay) {
+        if (!graph_done_this_step_) finish_graph_part();
+        else ops_after_graph_ = true;
+    }
+    flush();
+    const size_t need = cuda::topk_scratch_bytes(n, k);
+    if (need > topk_scratch_bytes_) {
+        MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        if (d_topk_scratch_) cudaFree(d_topk_scratch_);
+        d_topk_scratch_ = nullptr;
+        topk_scratch_bytes_ = 0;
+        d_topk_scratch_ = device_alloc(need, "top-k scratch");
+        topk_scratch_bytes_ = need;
+    }
+    int32_t* d_ids = static_cast<int32_t*>(d_topk_);
+    float* d_vals = reinterpret_cast<float*>(d_ids + 64);
+    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, stream_);
+    MN_CUDA_CHECK(cudaMemcpyAsync(h_topk_, d_topk_, 128 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_in_use_ = false;
+    std::memcpy(ids, h_topk_, sizeof(int32_t) * k);
+    std::memcpy(vals, h_topk_ + 64, sizeof(float) * k);
+}
+
+void CudaBackend::synchronize() {
+    if (mode_ != Mode::Eager) finish_graph_part();
+    flush();
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_in_use_ = false;
+}
+
+void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) {
+    const bool skip = record(Sig().add(1).add(table.device).add(uint64_t(rows)).add(out.data));
+    if (mode_ == Mode::Eager) {
+        ensure_ids(rows);
+        wait_host_staging();
+    }
+    if (rows > ids_capacity_) throw Error("cuda backend: token staging too small in a recorded step");
+    // In a replayed step only this host copy runs: the graph's recorded copy picks it up.
+    std::memcpy(h_ids_, ids, sizeof(int32_t) * rows);
+    if (skip) return;
+    flush();
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_ids_, h_ids_, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, stream_));
+    staging_in_use_ = true;
+    cuda::launch_embed(qmatrix(table), d_ids_, rows, out.f32(), stream_);
+}
+
+void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {
+    if (record(Sig().add(2).add(x.data).add(weight.device).add(uint64_t(rows)).add(uint64_t(width)).add(out.data)))
+        return;
+    flush();
+    norm_.active = true;
+    norm_.x = x.f32();
+    norm_.w = static_cast<const float*>(weight.device);
+    norm_.eps = eps;
+    norm_.rows = rows;
+    norm_.width = width;
+    norm_.out = out.f32();
+    if (norm_.out == norm_.x) launch_pending_norm();  // in place: nothing can fuse with it
+}
+
+void CudaBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias) {
+    if (record(Sig().add(3).add(w.device).add(x.data).add(uint64_t(rows)).add(out.data).add(bias ? bias->device : nullptr)))
+        return;
+    cuda::MatvecJob job;
+    job.w = qmatrix(w);
+    job.bias = bias ? static_cast<const float*>(bias->device) : nullptr;
+    job.out = out.f32();
+    bool joins = mm_.n > 0 && mm_.n < cuda::kMaxMatvecJobs && mm_.x == x.f32() && mm_.rows == rows &&
+                 mm_.K == job.w.K && job.out != mm_.x && !mm_.swiglu_out;
+    for (int j = 0; joins && j < mm_.n; ++j)
+        if (mm_.jobs[j].out == job.out || mm_.jobs[j].residual) joins = false;
+    if (!joins) {
+        if (mm_.n > 0 || (norm_.active && norm_.out != x.f32())) flush();
+        mm_.n = 0;
+        mm_.x = x.f32();
+        mm_.rows = rows;
+        mm_.K = job.w.K;
+        mm_.swiglu_out = nullptr;
+    }
+    mm_.jobs[mm_.n++] = job;
+}
+
+void CudaBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const AttentionShape& s, float base,
+                       RopeStyle style) {
+    if (record(Sig().add(4).add(q.data).add(k.data).add(uint64_t(rows))))
+        return;
+    flush();
+    set_pos(pos0);
+    // Held back: the attention that follows stores k and v in the same launch.
+    rope_.active = true;
+    rope_.q = q.f32();
+    rope_.k = k.f32();
+    rope_.rows = rows;
+    rope_.shape = s;
+    rope_.freq = rope_table(base, s.head_dim);
+    rope_.neox = style == RopeStyle::NeoX;
+}
+
+void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows,
+                            int pos0, const AttentionShape& s, Buffer& out) {
+    if (record(Sig().add(5).add(q.data).add(cache.k.data).add(uint64_t(rows)).add(out.data)))
+        return;
+    const bool fuse_rope = rope_.active && rope_.q == q.f32() && rope_.k == k.f32() && rope_.rows == rows &&
+                           rope_.shape.n_heads == s.n_heads && rope_.shape.n_kv_heads == s.n_kv_heads &&
+                           rope_.shape.head_dim == s.head_dim && mm_.n == 0 && !norm_.active && pos0 == device_pos_;
+    if (fuse_rope) {
+        rope_.active = false;
+        cuda::launch_rope_store(rope_.q, rope_.k, v.f32(), cache.k.data, cache.v.data, cache.k.dtype == DType::F16,
+                                n_ctx, rows, d_pos_, s.n_heads, s.n_kv_heads, s.head_dim, rope_.freq, rope_.neox,
+                                stream_);
+    } else {
+        flush();
+    }
+    set_pos(pos0);
+    ensure_scratch(cuda::attention_scratch_floats(rows, s.n_heads, s.head_dim, n_ctx));
+    cuda::AttentionArgs a;
+    a.q = q.f32();
+    a.k = k.f32();
+    a.v = v.f32();
+    a.k_cache = cache.k.data;
+    a.v_cache = cache.v.data;
+    a.f16_cache = cache.k.dtype == DType::F16;
+    a.n_ctx = n_ctx;
+    a.rows = rows;
+    a.pos0 = d_pos_;
+    a.n_heads = s.n_heads;
+    a.n_kv_heads = s.n_kv_heads;
+    a.head_dim = s.head_dim;
+    a.out = out.f32();
+    a.scratch = scratch_;
+    a.kv_stored = fuse_rope;
+    cuda::launch_attention(a, stream_);
+}
+
+void CudaBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) {
+    if (record(Sig().add(6).add(gate.data).add(up.data).add(uint64_t(n)).add(out.data)))
+        return;
+    if (mm_.n == 2 && !mm_.swiglu_out && mm_.jobs[0].out == gate.f32() && mm_.jobs[1].out == up.f32() &&
+        mm_.jobs[0].w.N == mm_.jobs[1].w.N && n == int64_t(mm_.rows) * mm_.jobs[0].w.N &&
+        !mm_.jobs[0].residual && !mm_.jobs[1].residual && out.f32() != mm_.x && out.f32() != up.f32()) {
+        mm_.swiglu_out = out.f32();
+        flush();
+        return;
+    }
+    flush();
+    cuda::launch_swiglu(gate.f32(), up.f32(), n, out.f32(), stream_);
+}
+
+void CudaBackend::add(Buffer& x, const Buffer& y, int64_t n) {
+    if (record(Sig().add(7).add(x.data).add(y.data).add(uint64_t(n))))
+        return;
+    if (mm_.n > 0 && !mm_.swiglu_out) {
+        for (int j = 0; j < mm_.n; ++j) {
+            cuda::MatvecJob& job = mm_.jobs[j];
+            if (job.out == y.f32() && !job.residual && n == int64_t(mm_.rows) * job.w.N && x.f32() != mm_.x &&
+                x.f32() != job.out) {
+                bool clash = false;  // x must not be another pending product's output
+                for (int i = 0; i < mm_.n; ++i) clash |= mm_.jobs[i].out == x.f32();
+                if (!clash) {
+                    job.residual = x.f32();
+                    flush();
+                    return;
+                }
+            }
+        }
+    }
+    flush();
+    cuda::launch_add(x.f32(), y.f32(), n, stream_);
+}
+
+void CudaBackend::copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) {
+    if (record(Sig().add(8).add(src.data).add(uint64_t(src_row)).add(uint64_t(rows)).add(dst.data)))
+        return;
+    flush();
+    MN_CUDA_CHECK(cudaMemcpyAsync(dst.f32(), src.f32() + int64_t(src_row) * width, size_t(rows) * width * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, stream_));
+}
+
+}  // namespace
+
+bool cuda_device_available() {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return n > 0;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options) {
+    return std::make_unique<CudaBackend>(options);
+}
+
+}  // namespace mn

@@ -1,0 +1,100 @@
+// Host-side launchers of the CUDA backend's kernels (one .cu file per concern).
+// Every launcher enqueues on `stream` and checks the launch; none synchronizes.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/formats.h"
+
+namespace mn::cuda {
+
+// A weight matrix on the device in its GGUF format: N rows of K elements.
+struct QMatrix {
+    const uint8_t* data = nullptr;
+    TensorType type = TensorType::F32;
+    int K = 0, N = 0;
+    size_t row_bytes = 0;
+};
+
+// ---- matvec.cu: few activation rows (decode). ----
+// One product out = W x (+ bias) of a fused matvec launch. When `residual` is
+// set the result is also added into it (the residual stream), fusing add().
+struct MatvecJob {
+    QMatrix w;
+    const float* bias = nullptr;
+    float* out = nullptr;
+    float* residual = nullptr;
+};
+
+constexpr int kMaxMatvecJobs = 3;
+constexpr int kMaxMatvecRows = 8;
+
+// The input every job of one launch shares: x [rows][K]. With norm_weight set
+// the input is rms_norm(x) * norm_weight (computed in the kernel; block 0 also
+// writes it to norm_out when that is set). With swiglu_out set, jobs 0 and 1
+// are gate and up of the same height and the kernel also writes
+// swiglu_out = silu(gate) * up.
+struct MatvecInput {
+    const float* x = nullptr;
+    int rows = 1;
+    int K = 0;
+    const float* norm_weight = nullptr;
+    float eps = 0.0f;
+    float* norm_out = nullptr;
+    float* swiglu_out = nullptr;
+};
+
+void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cudaStream_t stream);
+
+// ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
+// out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
+// row_scale ([rows], from launch_row_scale on the same x) keeps the fp16 operands in range.
+void launch_row_scale(const float* x, int rows, int K, float* row_scale, cudaStream_t stream);
+void launch_gemm(const QMatrix& w, const float* x, int rows, float* out, const float* bias, float* residual,
+                 const float* row_scale, cudaStream_t stream);
+
+// ---- elementwise.cu ----
+void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, cudaStream_t stream);
+void launch_rms_norm(const float* x, const float* w, float eps, int rows, int width, float* out, cudaStream_t stream);
+void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
+void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
+// Rotates q and k in place for positions *pos0 .. *pos0 + rows - 1 (pos0 read on the device);
+// inv_freq[i] = base^(-2i / head_dim) for i < head_dim / 2, on the device.
+void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,
+                 const float* inv_freq, bool neox, cudaStream_t stream);
+// launch_rope, and also stores the rotated k and the v rows into the KV cache
+// ([n_kv_heads][n_ctx][head_dim]) at their positions.
+void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* v_cache, bool f16_cache, int n_ctx,
+                       int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
+                       bool neox, cudaStream_t stream);
+
+// ---- attention.cu ----
+struct AttentionArgs {
+    const float* q = nullptr;   // [rows][n_heads * head_dim]
+    const float* k = nullptr;   // [rows][n_kv_heads * head_dim], stored into the cache first
+    const float* v = nullptr;
+    void* k_cache = nullptr;    // [n_kv_heads][n_ctx][head_dim], f16 or f32
+    void* v_cache = nullptr;
+    bool f16_cache = true;
+    int n_ctx = 0, rows = 0;
+    const int* pos0 = nullptr;  // device
+    int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+    float* out = nullptr;       // [rows][n_heads * head_dim]
+    // Scratch for split partials: floats needed by attention_scratch_floats().
+    float* scratch = nullptr;
+    bool kv_stored = false;  // k and v are already in the cache (launch_rope_store)
+};
+// Keys per split block: a query row's keys are split into chunks of this many.
+constexpr int kAttnSplit = 256;
+size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
+void launch_attention(const AttentionArgs& a, cudaStream_t stream);
+
+// ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending. ----
+size_t topk_scratch_bytes(int64_t n, int k);
+void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out,
+                 cudaStream_t stream);
+
+}  // namespace mn::cuda
