@@ -86,11 +86,18 @@ def test_logits_and_top1_at_every_position(engine):
                 assert ours[pos] in ref_top[pos, :2], f"{key} prompt {i} position {pos}: near-tie not in top-2"
 
 
-def test_hidden_states_layer_by_layer(engine):
-    # Hidden states are held to the near-float q8x2 mode; q8's bounds are on the logits.
-    key, meta, arrays, model, activations = engine
-    if activations != "q8x2":
-        return
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def exact_engine(request):
+    """The near-float q8x2 mode only: hidden states are held to it (q8's bounds are on the logits)."""
+    key = request.param
+    meta, arrays = load_fixture(key)
+    model = Model(request.getfixturevalue(MODELS[key]), n_ctx=512, n_threads=2, activations="q8x2")
+    yield key, meta, arrays, model
+    model.close()
+
+
+def test_hidden_states_layer_by_layer(exact_engine):
+    key, meta, arrays, model = exact_engine
     for i in prompt_indices(arrays):
         ids = arrays[f"p{i}_ids"]
         model.reset()
