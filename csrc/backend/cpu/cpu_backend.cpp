@@ -80,14 +80,16 @@ void CpuBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps
 void CpuBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const AttentionShape& s, float base, RopeStyle style) {
     const int hd = s.head_dim, half = hd / 2;
     const int q_width = s.n_heads * hd, k_width = s.n_kv_heads * hd;
+    // Frequencies once per call, rounded to fp32 as the reference implementations
+    // hold them; head_dim <= 1024 is checked when the model loads.
+    float inv_freq[512];
+    for (int i = 0; i < half; ++i) inv_freq[i] = float(1.0 / std::pow(double(base), double(2 * i) / hd));
     pool_.parallel_for(rows, 1, [&](int64_t b, int64_t e) {
-        float cos_t[512], sin_t[512];  // head_dim <= 1024 is checked when the model loads
+        float cos_t[512], sin_t[512];
         for (int64_t r = b; r < e; ++r) {
-            // Angles in fp32 as the reference implementations compute them.
             const float pos = float(pos0 + r);
             for (int i = 0; i < half; ++i) {
-                const float inv_freq = float(1.0 / std::pow(double(base), double(2 * i) / hd));
-                const float angle = pos * inv_freq;
+                const float angle = pos * inv_freq[i];
                 cos_t[i] = std::cos(angle);
                 sin_t[i] = std::sin(angle);
             }
