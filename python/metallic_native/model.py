@@ -25,6 +25,8 @@ class Model(GenerationMixin):
     kv_type: "f16" (default) or "f32" storage for the KV cache.
     isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
     max_batch: prompt tokens processed per prefill chunk.
+    chat_template: a Jinja chat template to use instead of the file's
+        (tokenizer.chat_template); needed for chat with a model that has none.
     activations: CPU matrix products quantize activations to 8 bits ("q8", the
         default: the fastest, and what llama.cpp does; logits within ~1e-3
         cosine of float) or to 8 bits plus an 8-bit residual ("q8x2": within
@@ -41,7 +43,7 @@ class Model(GenerationMixin):
 
     def __init__(self, path_or_name: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
                  backend: str = "auto", *, kv_type: str = "f16", isa: str = "auto", max_batch: int = 256,
-                 activations: str = "q8"):
+                 activations: str = "q8", chat_template: str | None = None):
         from . import models
 
         path = models.resolve(path_or_name)
@@ -59,6 +61,7 @@ class Model(GenerationMixin):
         self._metadata = None
         self._tokenizer = None
         self._chat_template = None
+        self._chat_template_source = chat_template
 
     # ---- file metadata, tokenizer, chat template ---------------------------------------------
     @property
@@ -82,12 +85,13 @@ class Model(GenerationMixin):
 
     @property
     def chat_template(self):
-        """The file's chat template (metallic_native.chat.ChatTemplate), or None if it has none."""
+        """The chat template (metallic_native.chat.ChatTemplate): the one passed to Model(),
+        else the file's; None if there is neither (chat() then raises ValueError)."""
         if self._chat_template is None:
             from .chat import ChatTemplate, NoChatTemplateError
 
             try:
-                self._chat_template = ChatTemplate.from_metadata(self.metadata)
+                self._chat_template = ChatTemplate.from_metadata(self.metadata, self._chat_template_source)
             except NoChatTemplateError:
                 return None
         return self._chat_template

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 MODEL = "smollm2-135m-instruct-q4_1"
 
 
@@ -41,3 +43,30 @@ def test_generate_bad_option_is_one_line_error(smollm_path):
     r = run_cli(["generate", "-m", smollm_path, "-t", "-1", "hi"])
     assert r.returncode != 0
     assert "temperature" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_caller_template_replaces_the_files(smollm_path):
+    from metallic_native import Model
+
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    with Model(smollm_path, n_ctx=256, chat_template=template) as model:
+        assert model.chat_template.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+        assert isinstance(model.chat([{"role": "user", "content": "hi"}], max_tokens=4, temperature=0), str)
+    with Model(smollm_path, n_ctx=256) as model:  # the file's own template
+        assert "<|im_start|>user\nhi<|im_end|>" in model.chat_template.render([{"role": "user", "content": "hi"}])
+
+
+def test_model_without_template_chat_is_a_clear_error(smollm_path, monkeypatch):
+    from metallic_native import Model
+    from metallic_native.chat import NoChatTemplateError
+
+    with Model(smollm_path, n_ctx=256) as model:
+        metadata = dict(model.metadata)
+        del metadata["tokenizer.chat_template"]
+        monkeypatch.setattr(model, "_metadata", metadata)
+        assert model.chat_template is None
+        with pytest.raises(ValueError, match="no chat template"):
+            model.chat([{"role": "user", "content": "hi"}])
+        with pytest.raises(NoChatTemplateError):
+            from metallic_native.chat import ChatTemplate
+            ChatTemplate.from_metadata(metadata)
