@@ -68,11 +68,15 @@ Transformer::~Transformer() {
     }
 }
 
-void Transformer::eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture) {
-    if (n < 1) throw InvalidArgument("eval needs at least one token");
+void Transformer::check_append(int64_t n) const {
     if (n_past_ + n > options_.n_ctx)
         throw InvalidArgument("context overflow: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
                               " new tokens exceed n_ctx " + std::to_string(options_.n_ctx));
+}
+
+void Transformer::eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture) {
+    if (n < 1) throw InvalidArgument("eval needs at least one token");
+    check_append(n);
     if (capture) capture->states.assign(config_.n_layers + 1, {});
     const int64_t vocab = weights_.output.ne1;
     for (int done = 0; done < n;) {
@@ -91,9 +95,7 @@ void Transformer::eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, 
     const int64_t vocab = weights_.output.ne1;
     if (k < 1 || k > vocab)
         throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab) + "], got " + std::to_string(k));
-    if (n_past_ + n > options_.n_ctx)
-        throw InvalidArgument("context overflow: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
-                              " new tokens exceed n_ctx " + std::to_string(options_.n_ctx));
+    check_append(n);
     const TopK request{k, ids, vals};
     for (int done = 0; done < n;) {
         const int rows = std::min(options_.max_batch, n - done);

@@ -37,6 +37,10 @@ public:
     // the last token to `logits` ([vocab]), or of every token ([n][vocab]) when
     // all_logits. Token ids and the context length are validated by the caller.
     void eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture);
+
+    // Throws InvalidArgument if n more tokens would overflow the KV cache (the
+    // check eval and eval_top_k make first; 64-bit so callers can ask before narrowing n).
+    void check_append(int64_t n) const;
     // Like eval() for the last token's logits, but returns only the k largest (descending, ties by
     // lower id) as ids and values: a GPU backend selects them on the device, so only 2k numbers
     // cross to the host per token.

@@ -78,9 +78,7 @@ public:
                                   std::to_string(top_k));
         auto lock = acquire();
         Transformer& t = get();
-        if (int64_t(t.n_past()) + n > t.n_ctx())
-            throw InvalidArgument("context overflow: " + std::to_string(t.n_past()) + " cached + " +
-                                  std::to_string(n) + " new tokens exceed n_ctx " + std::to_string(t.n_ctx()));
+        t.check_append(n);  // before n is narrowed to int for eval
         if (top_k > 0) {
             py::array_t<int32_t> ids(top_k);
             py::array_t<float> vals(top_k);
