@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace mn {
@@ -26,8 +27,9 @@ public:
     // Calls fn(thread_index, n_threads) once on each thread and returns when all are done.
     template <typename F>
     void run(F&& fn) {
-        auto trampoline = [](void* ctx, int i, int n) { (*static_cast<F*>(ctx))(i, n); };
-        dispatch(trampoline, &fn);
+        using Fn = std::remove_reference_t<F>;
+        auto trampoline = [](void* ctx, int i, int n) { (*static_cast<Fn*>(ctx))(i, n); };
+        dispatch(trampoline, const_cast<void*>(static_cast<const void*>(&fn)));
     }
 
     // Splits [0, n) into chunks of `grain` handed out dynamically; calls fn(begin, end).
