@@ -35,6 +35,12 @@ bool isa_available(Isa isa) {
 #else
             return false;
 #endif
+        case Isa::Avx512:
+#if defined(METALLIC_HAVE_AVX2) && defined(METALLIC_HAVE_AVX512)
+            return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+#else
+            return false;
+#endif
         case Isa::Neon:
 #if defined(METALLIC_HAVE_NEON)
             return f.neon;
@@ -46,6 +52,7 @@ bool isa_available(Isa isa) {
 }
 
 Isa best_isa() {
+    if (isa_available(Isa::Avx512)) return Isa::Avx512;
     if (isa_available(Isa::Avx2)) return Isa::Avx2;
     if (isa_available(Isa::Neon)) return Isa::Neon;
     return Isa::Scalar;
@@ -55,6 +62,7 @@ const char* isa_name(Isa isa) {
     switch (isa) {
         case Isa::Scalar: return "scalar";
         case Isa::Avx2: return "avx2";
+        case Isa::Avx512: return "avx512";
         case Isa::Neon: return "neon";
     }
     return "?";
@@ -65,8 +73,9 @@ Isa parse_isa(const std::string& name) {
     if (name == "auto") return best_isa();
     if (name == "scalar") isa = Isa::Scalar;
     else if (name == "avx2") isa = Isa::Avx2;
+    else if (name == "avx512") isa = Isa::Avx512;
     else if (name == "neon") isa = Isa::Neon;
-    else throw InvalidArgument("unknown isa '" + name + "' (expected auto, scalar, avx2 or neon)");
+    else throw InvalidArgument("unknown isa '" + name + "' (expected auto, scalar, avx2, avx512 or neon)");
     if (!isa_available(isa))
         throw InvalidArgument(std::string("isa '") + name + "' is not available in this build on this CPU");
     return isa;

@@ -7,7 +7,8 @@
 
 namespace mn {
 
-enum class Isa { Scalar, Avx2, Neon };
+// Avx512 = the AVX2 kernels plus the AVX-512 VNNI prefill GEMM (quant/panel_gemm.h).
+enum class Isa { Scalar, Avx2, Avx512, Neon };
 
 struct CpuFeatures {
     bool avx2 = false, fma = false, f16c = false;
@@ -18,7 +19,7 @@ struct CpuFeatures {
 
 // The fastest kernel family this binary and this CPU can both run.
 Isa best_isa();
-// Parses "auto", "scalar", "avx2", "neon"; throws InvalidArgument if unknown or unavailable.
+// Parses "auto", "scalar", "avx2", "avx512", "neon"; throws InvalidArgument if unknown or unavailable.
 Isa parse_isa(const std::string& name);
 const char* isa_name(Isa isa);
 bool isa_available(Isa isa);

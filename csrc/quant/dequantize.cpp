@@ -34,6 +34,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, int64_t n, Isa
     detail::DequantFn fn = nullptr;
     switch (isa) {
         case Isa::Scalar: fn = detail::dequant_fn_scalar(type); break;
+        case Isa::Avx512:  // the AVX2 kernels; AVX-512 adds only the prefill GEMM
         case Isa::Avx2:
 #if defined(METALLIC_HAVE_AVX2)
             fn = detail::dequant_fn_avx2(type);
@@ -55,6 +56,7 @@ void quantize_row(TensorType type, const float* src, void* dst, int64_t n, Isa i
     detail::QuantFn fn = nullptr;
     switch (isa) {
         case Isa::Scalar: fn = detail::quant_fn_scalar(type); break;
+        case Isa::Avx512:  // the AVX2 kernels; AVX-512 adds only the prefill GEMM
         case Isa::Avx2:
 #if defined(METALLIC_HAVE_AVX2)
             fn = detail::quant_fn_avx2(type);

@@ -30,6 +30,7 @@ DotKernel get_dot_kernel(TensorType t, Isa isa) {
     DotFn fn = nullptr;
     switch (isa) {
         case Isa::Scalar: break;
+        case Isa::Avx512:  // the AVX2 kernels; AVX-512 adds only the prefill GEMM
         case Isa::Avx2:
 #if defined(METALLIC_HAVE_AVX2)
             fn = detail::dot_fn_avx2(t);

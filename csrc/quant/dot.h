@@ -15,8 +15,9 @@
 //
 // Precision: integer sums within a block are exact; per-block results are
 // accumulated in float32, so results differ from a float64 reference by about
-// (number of blocks) * 2^-24 relative to the sum of |products|, plus, for Q8_1,
-// the fp16 rounding of s (2^-11 relative to |m_w| * |s|).
+// (number of blocks) * 2^-24 relative to the sum of |products|, plus, for Q8_1
+// in the scalar and NEON kernels, the fp16 rounding of s (2^-11 relative to
+// |m_w| * |s|; the AVX2 kernels recompute d * sum(q) in float).
 #pragma once
 
 #include <cstddef>

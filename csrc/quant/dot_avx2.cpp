@@ -73,8 +73,9 @@ using RowKernel = void (*)(int64_t nb, const W* w, const A* const* a, const floa
 
 // Q8_0 / Q8_1 activation scales and scaled block sums as floats, computed once
 // per call instead of once per weight row: as[c][2b] = d, as[c][2b + 1] =
-// d * sum(q) (Q8_0: exact product in float; Q8_1: the stored fp16 s). Empty for
-// the other activation formats.
+// d * sum(q), the product in float for both formats (Q8_1's stored s is the
+// same product rounded to fp16: 2^-11 relative, which two-level activations
+// would notice). Empty for the other activation formats.
 template <typename A>
 std::vector<float> activation_scales(const void* a, size_t a_row_bytes, int nc, int64_t nb) {
     std::vector<float> out;
@@ -86,13 +87,9 @@ std::vector<float> activation_scales(const void* a, size_t a_row_bytes, int nc, 
             float* o = out.data() + size_t(c) * size_t(nb) * per;
             for (int64_t b = 0; b < nb; ++b) {
                 o[2 * b] = h2f(ac[b].d);
-                if constexpr (std::is_same_v<A, BlockQ8_1>) {
-                    o[2 * b + 1] = h2f(ac[b].s);
-                } else {
-                    int sum = 0;
-                    for (int j = 0; j < QK; ++j) sum += ac[b].qs[j];
-                    o[2 * b + 1] = o[2 * b] * float(sum);
-                }
+                int sum = 0;
+                for (int j = 0; j < QK; ++j) sum += ac[b].qs[j];
+                o[2 * b + 1] = o[2 * b] * float(sum);
             }
         }
     }

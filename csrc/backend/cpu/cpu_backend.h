@@ -43,6 +43,9 @@ public:
     void copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) override;
 
 private:
+    // Prefill on AVX-512 VNNI: weight bands unpacked to panels (quant/panel_gemm.h).
+    void matmul_panel(const WeightTensor& w, const Buffer& x, int rows, int levels, Buffer& out,
+                      const WeightTensor* bias);
     // Fallback for weight types without an integer dot kernel.
     void matmul_dequantized(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias);
     // Per-thread scratch that grows on demand (never shared between threads).

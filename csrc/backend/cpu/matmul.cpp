@@ -8,6 +8,8 @@
 #include "backend/cpu/vec.h"
 #include "quant/dequantize.h"
 #include "quant/dot.h"
+#include "quant/panel.h"
+#include "quant/panel_gemm.h"
 
 namespace mn {
 
@@ -25,6 +27,14 @@ constexpr int kColTile = 32;
 // steps and small batches, where decoding the weights costs more than the
 // second integer dot. Large prefill chunks, which are compute-bound, use one level.
 constexpr int kAutoTwoLevelMaxRows = 8;
+// The panel GEMM unpacks each weight band once per call, so it pays off once
+// a few activation rows share the unpacking; decode stays on the dot kernels.
+constexpr int kPanelMinRows = 8;
+// Weight rows per panel band: the band's codes and scales (~1.5 bytes per
+// element) stay in L2 while all activation columns pass over it.
+constexpr int kPanelBand = 32;
+
+size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 }  // namespace
 
@@ -48,6 +58,10 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
                            (activations_ == ActivationMode::Auto && rows <= kAutoTwoLevelMaxRows);
     const int levels = (kernel.act_type != TensorType::F32 && two_level) ? 2 : 1;
     const int act_rows = rows * levels;
+    if (isa_ == Isa::Avx512 && act_rows >= kPanelMinRows && panel_supported(w.type)) {
+        matmul_panel(w, x, rows, levels, out, bias);
+        return;
+    }
     const uint8_t* act = static_cast<const uint8_t*>(x.data);
     size_t act_row_bytes = size_t(K) * sizeof(float);
     if (kernel.act_type != TensorType::F32) {
@@ -113,6 +127,76 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
                         if (levels == 2) v += tile[r * nc + c + 1];
                         orow[r] = v + (b ? b[r0 + r] : 0.0f);
                     }
+                }
+            }
+        }
+    });
+}
+
+void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, int levels, Buffer& out,
+                              const WeightTensor* bias) {
+    const int64_t K = w.ne0, N = w.ne1;
+    const size_t n_pad = round_up(size_t(K), kPanelStep), groups = n_pad / kPanelGroup;
+    const int act_rows = rows * levels, cols = int(round_up(size_t(act_rows), 4));
+    const auto* wbase = static_cast<const uint8_t*>(w.device);
+    const float* b = bias ? static_cast<const float*>(bias->device) : nullptr;
+
+    // Activation panel: codes, then (64-byte aligned) scales and scaled sums.
+    const size_t q_bytes = round_up(size_t(cols) * n_pad, 64);
+    uint8_t* scratch = activation_scratch(q_bytes + 2 * size_t(cols) * groups * sizeof(float));
+    auto* aq = reinterpret_cast<int8_t*>(scratch);
+    auto* ascale = reinterpret_cast<float*>(scratch + q_bytes);
+    float* asum = ascale + size_t(cols) * groups;
+    pool_.parallel_for(cols, 4, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; c += levels) {
+            if (c < act_rows) {
+                quantize_activation_panel(x.f32() + (c / levels) * K, K, levels, aq + c * n_pad, n_pad,
+                                          ascale + c * groups, asum + c * groups, groups);
+            } else {  // padding columns: zero codes and scales
+                for (int64_t p = c; p < std::min<int64_t>(c + levels, cols); ++p) {
+                    std::memset(aq + p * n_pad, 0, n_pad);
+                    std::fill(ascale + p * groups, ascale + (p + 1) * groups, 0.0f);
+                    std::fill(asum + p * groups, asum + (p + 1) * groups, 0.0f);
+                }
+            }
+        }
+    });
+    const ActivationPanel apanel{aq, n_pad, ascale, asum, groups};
+
+    const int64_t n_bands = (N + kPanelBand - 1) / kPanelBand;
+    std::atomic<int64_t> next{0};
+    pool_.run([&](int thread, int) {
+        // Per thread: the band's codes, scales, offsets and its output tile.
+        const size_t code_floats = round_up(size_t(kPanelBand) * n_pad, 64) / sizeof(float);
+        const size_t group_floats = size_t(kPanelBand) * groups;
+        float* mem = thread_scratch(thread, code_floats + 2 * group_floats + size_t(kPanelBand) * cols);
+        auto* wq = reinterpret_cast<uint8_t*>(mem);
+        float* wscale = mem + code_floats;
+        float* woffset = wscale + group_floats;
+        float* tile = woffset + group_floats;
+        // Everything past each row's K elements, and rows past the band's end,
+        // must be zero: the kernel reads whole 64-element steps of 4-row tiles.
+        std::memset(wq, 0, size_t(kPanelBand) * n_pad);
+        std::fill(wscale, wscale + 2 * group_floats, 0.0f);
+        for (;;) {
+            const int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+            if (t >= n_bands) break;
+            const int64_t r0 = t * kPanelBand;
+            const int nr = int(std::min<int64_t>(kPanelBand, N - r0));
+            if (nr < kPanelBand) {  // the last band: clear what the previous band left
+                std::memset(wq, 0, size_t(kPanelBand) * n_pad);
+                std::fill(wscale, wscale + 2 * group_floats, 0.0f);
+            }
+            unpack_panel(w.type, wbase + r0 * w.row_bytes, w.row_bytes, nr, K, wq, n_pad, wscale, woffset, groups);
+            const WeightPanel wpanel{wq, n_pad, wscale, woffset, groups};
+            panel_gemm(int64_t(n_pad), wpanel, int(round_up(size_t(nr), 4)), apanel, cols, tile, size_t(cols));
+            float* o = out.f32();
+            for (int c = 0; c < act_rows; c += levels) {
+                float* orow = o + int64_t(c / levels) * N + r0;
+                for (int r = 0; r < nr; ++r) {
+                    float v = tile[size_t(r) * cols + c];
+                    if (levels == 2) v += tile[size_t(r) * cols + c + 1];
+                    orow[r] = v + (b ? b[r0 + r] : 0.0f);
                 }
             }
         }

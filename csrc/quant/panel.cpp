@@ -1,0 +1,191 @@
+// Scalar unpacking of each integer weight format into the panel shape of
+// panel.h. Plain code: it runs once per weight band and is amortized over every
+// activation column of a prefill chunk, so it is a small share of the time.
+#include "quant/panel.h"
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/fp16.h"
+#include "quant/blocks.h"
+
+namespace mn {
+
+namespace {
+
+// One row: q[0..n), s and o per 16 elements.
+using UnpackRow = void (*)(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o);
+
+// Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: one scale per 32 elements, stored for both groups.
+inline void set_pair(float* s, float* o, int64_t g, float scale, float offset) {
+    s[g] = s[g + 1] = scale;
+    o[g] = o[g + 1] = offset;
+}
+
+void unpack_q4_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ4_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i, q += QK) {
+        for (int j = 0; j < 16; ++j) {
+            q[j] = b[i].qs[j] & 15;
+            q[j + 16] = b[i].qs[j] >> 4;
+        }
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 8.0f * d);
+    }
+}
+
+void unpack_q4_1(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ4_1*>(w);
+    for (int64_t i = 0; i < n / QK; ++i, q += QK) {
+        for (int j = 0; j < 16; ++j) {
+            q[j] = b[i].qs[j] & 15;
+            q[j + 16] = b[i].qs[j] >> 4;
+        }
+        set_pair(s, o, 2 * i, fp16_to_float(b[i].d), -fp16_to_float(b[i].m));
+    }
+}
+
+template <typename B>
+void unpack_five_bits(const B& b, uint8_t* q) {
+    uint32_t qh;
+    std::memcpy(&qh, b.qh, 4);
+    for (int j = 0; j < 16; ++j) {
+        q[j] = uint8_t((b.qs[j] & 15) | (((qh >> j) & 1) << 4));
+        q[j + 16] = uint8_t((b.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+    }
+}
+
+void unpack_q5_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ5_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i, q += QK) {
+        unpack_five_bits(b[i], q);
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 16.0f * d);
+    }
+}
+
+void unpack_q5_1(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ5_1*>(w);
+    for (int64_t i = 0; i < n / QK; ++i, q += QK) {
+        unpack_five_bits(b[i], q);
+        set_pair(s, o, 2 * i, fp16_to_float(b[i].d), -fp16_to_float(b[i].m));
+    }
+}
+
+void unpack_q8_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i, q += QK) {
+        for (int j = 0; j < QK; ++j) q[j] = uint8_t(int(b[i].qs[j]) + 128);
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 128.0f * d);
+    }
+}
+
+void unpack_q2_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ2_K*>(w);
+    for (int64_t i = 0; i < n / QK_K; ++i, q += QK_K, s += 16, o += 16) {
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) q[128 * h + 32 * j + l] = (b[i].qs[32 * h + l] >> (2 * j)) & 3;
+        const float d = fp16_to_float(b[i].d), dmin = fp16_to_float(b[i].dmin);
+        for (int k = 0; k < 16; ++k) {
+            s[k] = d * float(b[i].scales[k] & 15);
+            o[k] = dmin * float(b[i].scales[k] >> 4);
+        }
+    }
+}
+
+void unpack_q3_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ3_K*>(w);
+    for (int64_t i = 0; i < n / QK_K; ++i, q += QK_K, s += 16, o += 16) {
+        // code = low 2 bits + 4 * high bit, in 0..7; the value is code - 4.
+        for (int e = 0; e < QK_K; ++e) {
+            const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+            const int low = (b[i].qs[32 * h + l] >> (2 * j)) & 3;
+            const int high = (b[i].hmask[e % 32] >> (e / 32)) & 1;
+            q[e] = uint8_t(low + 4 * high);
+        }
+        const float d = fp16_to_float(b[i].d);
+        for (int k = 0; k < 16; ++k) {
+            s[k] = d * float(k_scale_q3(b[i].scales, k));
+            o[k] = 4.0f * s[k];
+        }
+    }
+}
+
+template <bool Five, typename B>
+void unpack_q45_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const B*>(w);
+    for (int64_t i = 0; i < n / QK_K; ++i, q += QK_K, s += 16, o += 16) {
+        for (int c = 0; c < 4; ++c)
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t byte = b[i].qs[32 * c + l];
+                uint8_t lo = byte & 15, hi = byte >> 4;
+                if constexpr (Five) {
+                    const uint8_t* qh = reinterpret_cast<const BlockQ5_K&>(b[i]).qh;
+                    lo |= uint8_t(((qh[l] >> (2 * c)) & 1) << 4);
+                    hi |= uint8_t(((qh[l] >> (2 * c + 1)) & 1) << 4);
+                }
+                q[64 * c + l] = lo;
+                q[64 * c + 32 + l] = hi;
+            }
+        const float d = fp16_to_float(b[i].d), dmin = fp16_to_float(b[i].dmin);
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            k_scale_min(b[i].scales, j, &sc, &m);
+            set_pair(s, o, 2 * j, d * float(sc), dmin * float(m));
+        }
+    }
+}
+
+void unpack_q6_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ6_K*>(w);
+    for (int64_t i = 0; i < n / QK_K; ++i, q += QK_K, s += 16, o += 16) {
+        for (int h = 0; h < 2; ++h)
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t* ql = b[i].ql + 64 * h;
+                const uint8_t qh = b[i].qh[32 * h + l];
+                uint8_t* qq = q + 128 * h;
+                qq[l] = uint8_t((ql[l] & 15) | ((qh & 3) << 4));
+                qq[l + 32] = uint8_t((ql[l + 32] & 15) | (((qh >> 2) & 3) << 4));
+                qq[l + 64] = uint8_t((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
+                qq[l + 96] = uint8_t((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
+            }
+        const float d = fp16_to_float(b[i].d);
+        for (int k = 0; k < 16; ++k) {
+            s[k] = d * float(b[i].scales[k]);
+            o[k] = 32.0f * s[k];
+        }
+    }
+}
+
+UnpackRow unpack_fn(TensorType type) {
+    switch (type) {
+        case TensorType::Q4_0: return unpack_q4_0;
+        case TensorType::Q4_1: return unpack_q4_1;
+        case TensorType::Q5_0: return unpack_q5_0;
+        case TensorType::Q5_1: return unpack_q5_1;
+        case TensorType::Q8_0: return unpack_q8_0;
+        case TensorType::Q2_K: return unpack_q2_k;
+        case TensorType::Q3_K: return unpack_q3_k;
+        case TensorType::Q4_K: return unpack_q45_k<false, BlockQ4_K>;
+        case TensorType::Q5_K: return unpack_q45_k<true, BlockQ5_K>;
+        case TensorType::Q6_K: return unpack_q6_k;
+        default: return nullptr;
+    }
+}
+
+}  // namespace
+
+bool panel_supported(TensorType type) { return unpack_fn(type) != nullptr; }
+
+void unpack_panel(TensorType type, const void* w, size_t w_row_bytes, int rows, int64_t n, uint8_t* q,
+                  size_t q_stride, float* scale, float* offset, size_t s_stride) {
+    const UnpackRow fn = unpack_fn(type);
+    if (!fn) throw InvalidArgument("unpack_panel: type has no panel form");
+    for (int r = 0; r < rows; ++r)
+        fn(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, q + size_t(r) * q_stride,
+           scale + size_t(r) * s_stride, offset + size_t(r) * s_stride);
+}
+
+}  // namespace mn
