@@ -179,13 +179,30 @@ UnpackRow unpack_fn(TensorType type) {
 
 bool panel_supported(TensorType type) { return unpack_fn(type) != nullptr; }
 
+bool panel_groups_of_16(TensorType type) {
+    return type == TensorType::Q2_K || type == TensorType::Q3_K || type == TensorType::Q6_K;
+}
+
+void to_panel_order(uint8_t* row, size_t n_pad) {
+    for (size_t c = 0; c < n_pad; c += kPanelChunk) {
+        uint64_t units[32];  // unit 4 j + v = elements [32 j + 8 v, +8)
+        std::memcpy(units, row + c, kPanelChunk);
+        for (int v = 0; v < 4; ++v)
+            for (int j = 0; j < 8; ++j) std::memcpy(row + c + 64 * v + 8 * j, &units[4 * j + v], 8);
+    }
+}
+
 void unpack_panel(TensorType type, const void* w, size_t w_row_bytes, int rows, int64_t n, uint8_t* q,
                   size_t q_stride, float* scale, float* offset, size_t s_stride) {
     const UnpackRow fn = unpack_fn(type);
     if (!fn) throw InvalidArgument("unpack_panel: type has no panel form");
-    for (int r = 0; r < rows; ++r)
-        fn(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, q + size_t(r) * q_stride,
-           scale + size_t(r) * s_stride, offset + size_t(r) * s_stride);
+    for (int r = 0; r < rows; ++r) {
+        uint8_t* qr = q + size_t(r) * q_stride;
+        fn(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, qr, scale + size_t(r) * s_stride,
+           offset + size_t(r) * s_stride);
+        std::memset(qr + n, 0, q_stride - size_t(n));
+        to_panel_order(qr, q_stride);
+    }
 }
 
 }  // namespace mn

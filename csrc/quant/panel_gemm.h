@@ -2,10 +2,11 @@
 // activations quantized to 8 bits, for prefill. AVX-512 VNNI: one vpdpbusd
 // multiplies 64 unsigned weight codes with 64 signed activation codes.
 //
-// Activation panel rows hold n_pad int8 codes (n rounded up to 64, the tail
-// zero), and per group of 16 elements the scale d of the element's 32-block
-// (x ~ d * code, |code| <= 127) and d * sum(codes of the group). Weight panel
-// rows hold n_pad codes and per group a scale and an offset (panel.h). Then
+// Activation panel rows hold n_pad codes (n rounded up to 256, the tail zero,
+// in panel order like the weights) and, per group of 16 elements in element
+// order, the scale d of the element's 32-block (x ~ d * code, |code| <= 127)
+// and d * sum(codes of the group). Weight panel rows hold n_pad codes and per
+// group a scale and an offset (panel.h). Then
 //   dot(w, x) = sum_g s_w[g] d[g] sum(q_w q_x) - sum_g o_w[g] (d[g] sum(q_x))
 // where the first sum is integer within each group and the second is a short
 // float dot product over groups.
@@ -14,10 +15,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "quant/panel.h"
+
 namespace mn {
 
-// Multiple of the panel row length (one vpdpbusd step).
-constexpr int kPanelStep = 64;
+// Panel rows are padded to a multiple of this many elements.
+constexpr int kPanelStep = kPanelChunk;
 
 struct ActivationPanel {
     const int8_t* q;      // row c at q + c * q_stride
@@ -33,6 +36,7 @@ struct WeightPanel {
     const float* scale;
     const float* offset;
     size_t s_stride;
+    bool groups_of_16;  // scales change every 16 elements (else every 32)
 };
 
 // True if this binary has the AVX-512 VNNI kernels and the CPU runs them.
@@ -40,7 +44,7 @@ bool panel_gemm_available();
 
 // Quantizes x[0..n) into `levels` activation panel rows starting at row 0 of
 // the given pointers: level 2 quantizes the residual x - level 1, so their sum
-// is ~100x closer to x. Writes the whole padded row (n_pad = round_up(n, 64)).
+// is ~100x closer to x. Writes the whole padded row (n_pad = round_up(n, 256)).
 void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q, size_t q_stride, float* scale,
                                float* sum, size_t s_stride);
 

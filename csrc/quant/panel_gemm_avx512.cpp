@@ -1,18 +1,19 @@
 // AVX-512 VNNI microkernels for quant/panel_gemm.h.
 //
 // A 4 x 4 tile of (weight row, activation row) pairs keeps 16 float
-// accumulators in registers. Per step of 64 elements: 4 weight and 4
-// activation loads, and per pair one vpdpbusd (64 byte products summed into 16
-// int32 lanes, 4 elements per lane), one int->float conversion, one multiply of
-// the two scale vectors and one FMA. The 16 lanes cover 4 groups of 16, so a
-// lane's scales are its group's: the per-group scales are spread to lanes with
-// one permute per row per step, shared by the 4 pairs of that row.
-// vpdpbusd does not saturate and |sum| <= 64 * 255 * 127 per lane per step, far
-// inside int32; each step's sums are converted before the next.
+// accumulators in registers. Per chunk of 256 elements and pair: four
+// vpdpbusd (64 byte products each) summed into the same 16 int32 lanes, which
+// panel order makes lanes of one 32-block each (lanes 2j, 2j + 1 <-> block j);
+// then one int->float conversion, one multiply of the weight and activation
+// scale vectors and one FMA. Types whose scales change every 16 elements
+// convert twice per chunk (vectors 0-1 and 2-3 hold the two halves of each block).
+// vpdpbusd does not saturate: |lane| <= 16 * 255 * 127 per chunk, far inside
+// int32; each chunk's sums are converted before the next.
 #include "quant/panel_gemm.h"
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "common/cpu_features.h"
 #include "common/error.h"
@@ -29,59 +30,98 @@ bool panel_gemm_available() { return isa_available(Isa::Avx512); }
 
 namespace {
 
-// Lane l of a 64-element step belongs to group l / 4 of the step's 4 groups.
-inline __m512 spread_groups(const float* g) {
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(g)));
+// 2 x 4 measured fastest of 1x4 .. 4x4 on Zen 4 (one 512-bit load per cycle: 6 loads feed 8 vpdpbusd).
+constexpr int kTileRows = 2, kTileCols = 4;
+
+// From a chunk's 16 group values (element order), the lane vector where lanes
+// 2j, 2j + 1 hold group 2j + Odd (block j's first or second half).
+template <int Odd>
+inline __m512 spread(const float* g) {
+    const __m512i idx = _mm512_setr_epi32(Odd, Odd, 2 + Odd, 2 + Odd, 4 + Odd, 4 + Odd, 6 + Odd, 6 + Odd, 8 + Odd,
+                                          8 + Odd, 10 + Odd, 10 + Odd, 12 + Odd, 12 + Odd, 14 + Odd, 14 + Odd);
+    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(g));
 }
 
-void tile_4x4(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a, int c0, float* out,
-              size_t out_stride) {
-    const uint8_t* wq[4];
-    const float *ws[4], *wo[4];
-    const int8_t* aq[4];
-    const float *as[4], *asum[4];
-    for (int i = 0; i < 4; ++i) {
+// R weight rows x C activation rows. The chunk's 4 vectors are the outer
+// loop, so each step issues R * C independent vpdpbusd: long dependent chains
+// per pair (4 vpdpbusd, conversion, FMA) written one pair after another
+// measured 2x slower, the out-of-order window being too small to overlap them.
+template <int R, int C, bool Groups16>
+void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a, int c0, float* out,
+          size_t out_stride) {
+    const uint8_t* wq[R];
+    const float *ws[R], *wo[R];
+    const int8_t* aq[C];
+    const float *as[C], *asum[C];
+    for (int i = 0; i < R; ++i) {
         wq[i] = w.q + size_t(r0 + i) * w.q_stride;
         ws[i] = w.scale + size_t(r0 + i) * w.s_stride;
         wo[i] = w.offset + size_t(r0 + i) * w.s_stride;
+    }
+    for (int i = 0; i < C; ++i) {
         aq[i] = a.q + size_t(c0 + i) * a.q_stride;
         as[i] = a.scale + size_t(c0 + i) * a.s_stride;
         asum[i] = a.sum + size_t(c0 + i) * a.s_stride;
     }
-    __m512 acc[4][4];
-    for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-    const __m512i zero = _mm512_setzero_si512();
-    for (int64_t k = 0; k < n_pad; k += kPanelStep) {
-        __m512i wv[4];
-        __m512 wsv[4];
-        for (int r = 0; r < 4; ++r) {
-            wv[r] = _mm512_loadu_si512(wq[r] + k);
-            wsv[r] = spread_groups(ws[r] + k / 16);
-        }
-        for (int c = 0; c < 4; ++c) {
-            const __m512i av = _mm512_loadu_si512(aq[c] + k);
-            const __m512 asv = spread_groups(as[c] + k / 16);
-            for (int r = 0; r < 4; ++r) {
-                const __m512i t = _mm512_dpbusd_epi32(zero, wv[r], av);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(wsv[r], asv), acc[r][c]);
+    __m512 acc[R][C];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n_pad; k += kPanelChunk) {
+        const int64_t g = k / 16;
+        __m512i t[R][C];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+            for (int c = 0; c < C; ++c) t[r][c] = _mm512_setzero_si512();
+        // Applies the scales to t (the products of vectors since the last call) and clears it.
+        auto flush = [&](auto odd) {
+            __m512 asv[C];
+#pragma GCC unroll 8
+            for (int c = 0; c < C; ++c) asv[c] = spread<0>(as[c] + g);  // d is per 32: either half
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const __m512 wsv = spread<decltype(odd)::value>(ws[r] + g);
+#pragma GCC unroll 8
+                for (int c = 0; c < C; ++c) {
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r][c]), _mm512_mul_ps(wsv, asv[c]), acc[r][c]);
+                    t[r][c] = _mm512_setzero_si512();
+                }
             }
+        };
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            __m512i wv[R], av[C];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(wq[r] + k + 64 * v);
+#pragma GCC unroll 8
+            for (int c = 0; c < C; ++c) av[c] = _mm512_loadu_si512(aq[c] + k + 64 * v);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+                for (int c = 0; c < C; ++c) t[r][c] = _mm512_dpbusd_epi32(t[r][c], wv[r], av[c]);
+            if (Groups16 && v == 1) flush(std::integral_constant<int, 0>{});
+        }
+        if constexpr (Groups16) flush(std::integral_constant<int, 1>{});
+        else flush(std::integral_constant<int, 0>{});
+    }
+    // Offsets: acc -= o_w[g] * (d sum(q_x))[g], 16 groups per step (n_pad / 16 is a multiple of 16).
+    for (int64_t g = 0; g < n_pad / 16; g += 16) {
+        __m512 wov[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) wov[r] = _mm512_loadu_ps(wo[r] + g);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) {
+            const __m512 sv = _mm512_loadu_ps(asum[c] + g);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fnmadd_ps(wov[r], sv, acc[r][c]);
         }
     }
-    // Offsets: acc -= o_w[g] * (d sum(q_x))[g], 16 groups per step, the tail masked.
-    const int64_t groups = n_pad / 16;
-    for (int64_t g = 0; g < groups; g += 16) {
-        const __mmask16 m = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
-        __m512 wov[4];
-        for (int r = 0; r < 4; ++r) wov[r] = _mm512_maskz_loadu_ps(m, wo[r] + g);
-        for (int c = 0; c < 4; ++c) {
-            const __m512 sv = _mm512_maskz_loadu_ps(m, asum[c] + g);
-            for (int r = 0; r < 4; ++r) acc[r][c] = _mm512_fnmadd_ps(wov[r], sv, acc[r][c]);
-        }
-    }
-    for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) out[size_t(r0 + r) * out_stride + c0 + c] = _mm512_reduce_add_ps(acc[r][c]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) out[size_t(r0 + r) * out_stride + c0 + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 }  // namespace
@@ -90,6 +130,8 @@ void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q,
                                float* sum, size_t s_stride) {
     const int64_t n_pad = (n + kPanelStep - 1) / kPanelStep * kPanelStep;
     alignas(64) float residual[32];
+    // Codes are computed in element order (each level's residual needs the
+    // previous level's codes), then every level is put in panel order.
     for (int level = 0; level < levels; ++level) {
         int8_t* ql = q + size_t(level) * q_stride;
         float* sl = scale + size_t(level) * s_stride;
@@ -103,11 +145,10 @@ void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q,
                 const int8_t* qp = q + size_t(level - 1) * q_stride + 32 * b;
                 const __m512 d = _mm512_set1_ps(scale[size_t(level - 1) * s_stride + 2 * b]);
                 const float* base = level == 1 ? x + 32 * b : residual;
-                v0 = _mm512_fnmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)qp))),
-                                      _mm512_loadu_ps(base));
-                v1 = _mm512_fnmadd_ps(d,
-                                      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qp + 16)))),
-                                      _mm512_loadu_ps(base + 16));
+                const __m512 p0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)qp)));
+                const __m512 p1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qp + 16))));
+                v0 = _mm512_fnmadd_ps(d, p0, _mm512_loadu_ps(base));
+                v1 = _mm512_fnmadd_ps(d, p1, _mm512_loadu_ps(base + 16));
                 _mm512_store_ps(residual, v0);
                 _mm512_store_ps(residual + 16, v1);
             }
@@ -126,14 +167,19 @@ void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q,
         std::memset(ql + n, 0, size_t(n_pad - n));
         for (int64_t g = n / 16; g < n_pad / 16; ++g) sl[g] = ul[g] = 0.0f;
     }
+    for (int level = 0; level < levels; ++level)
+        to_panel_order(reinterpret_cast<uint8_t*>(q + size_t(level) * q_stride), size_t(n_pad));
 }
 
 void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, float* out,
                 size_t out_stride) {
     // Activation columns outermost: a 4-column slab stays in L1 while the
     // band's weight rows (in L2) pass over it.
-    for (int c0 = 0; c0 < nc; c0 += 4)
-        for (int r0 = 0; r0 < nr; r0 += 4) tile_4x4(n_pad, w, r0, a, c0, out, out_stride);
+    for (int c0 = 0; c0 < nc; c0 += kTileCols)
+        for (int r0 = 0; r0 < nr; r0 += kTileRows) {
+            if (w.groups_of_16) tile<kTileRows, kTileCols, true>(n_pad, w, r0, a, c0, out, out_stride);
+            else tile<kTileRows, kTileCols, false>(n_pad, w, r0, a, c0, out, out_stride);
+        }
 }
 
 #else  // !METALLIC_HAVE_AVX512

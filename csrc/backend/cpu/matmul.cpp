@@ -188,7 +188,7 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
                 std::fill(wscale, wscale + 2 * group_floats, 0.0f);
             }
             unpack_panel(w.type, wbase + r0 * w.row_bytes, w.row_bytes, nr, K, wq, n_pad, wscale, woffset, groups);
-            const WeightPanel wpanel{wq, n_pad, wscale, woffset, groups};
+            const WeightPanel wpanel{wq, n_pad, wscale, woffset, groups, panel_groups_of_16(w.type)};
             panel_gemm(int64_t(n_pad), wpanel, int(round_up(size_t(nr), 4)), apanel, cols, tile, size_t(cols));
             float* o = out.f32();
             for (int c = 0; c < act_rows; c += levels) {
