@@ -139,3 +139,19 @@ def test_numerics_stay_finite_on_long_repeated_and_extreme_inputs(tmp_path):
         assert np.isfinite(logits).all()
         logits = m.eval(list(range(100)))
         assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_odd_widths_match_numpy_reference(tmp_path, wtype):
+    # Rows of 96 and 160 elements: the multi-row kernels pad rows to 256-element
+    # chunks (the AVX-512 panel GEMM) and must not let the padding leak in.
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, d_model=96, n_heads=3, n_kv_heads=1,
+                       d_ff=160, seed=11)
+    ref = NumpyTransformer(path)
+    tokens = [3, 99, 250, 7, 7, 1, 42, 8, 200, 5, 60]
+    expected = np.stack([ref.step(t)[0] for t in tokens])
+    for isa in ISAS:
+        with Model(path, n_ctx=16, isa=isa, kv_type="f32", activations="q8x2") as m:
+            got = m.eval(tokens, all_logits=True)
+        for pos in range(len(tokens)):
+            assert cosine(got[pos], expected[pos]) > 0.9999, (isa, pos)
