@@ -83,6 +83,10 @@ ModelConfig ModelConfig::from_gguf(const GGUFFile& file) {
         m.fail(a + "attention.head_count_kv", "head_count " + std::to_string(c.n_heads) +
                                                   " is not a multiple of head_count_kv " +
                                                   std::to_string(c.n_kv_heads));
+    // The CPU attention keeps per-head sums for one KV head's query heads on the stack.
+    if (c.n_heads / c.n_kv_heads > 64)
+        m.fail(a + "attention.head_count_kv", "more than 64 query heads per KV head (" + std::to_string(c.n_heads) +
+                                                  " / " + std::to_string(c.n_kv_heads) + ") is not supported");
     if (c.head_dim % 2 != 0 || rope_dims != c.head_dim)
         m.fail(a + "rope.dimension_count", "partial or odd rotary dimensions are not supported (rope dims " +
                                                std::to_string(rope_dims) + ", head dim " +

@@ -119,23 +119,31 @@ void store_kv_rows(const Buffer& src, Buffer& cache, int n_ctx, int rows, int po
             vec::convert(dst + (int64_t(h) * n_ctx + pos0 + r) * hd, src.f32() + int64_t(r) * width + h * hd, hd);
 }
 
-// One query row of one head against keys/values [0, n_keys), scores and softmax in fp32.
+// The query heads of one KV head (grouped-query attention) for one query row,
+// against keys/values [0, n_keys): scores and softmax in fp32. Each key and
+// value row is read (and converted from f16) once for the whole group.
+// q and out hold the group's heads one after another (hd floats each);
+// scores has room for group * n_keys floats, row hd floats.
 template <typename T>
-void attend_one(const float* q, const T* keys, const T* values, int n_keys, int hd, float scale, float* scores,
-                float* out) {
-    float max_score = -INFINITY;
+void attend_group(const float* q, int group, const T* keys, const T* values, int n_keys, int hd, float scale,
+                  float* scores, float* row, float* out) {
     for (int j = 0; j < n_keys; ++j) {
-        scores[j] = vec::dot(q, keys + int64_t(j) * hd, hd) * scale;
-        max_score = std::max(max_score, scores[j]);
+        const float* k = vec::as_float(keys + int64_t(j) * hd, row, hd);
+        for (int h = 0; h < group; ++h) scores[h * n_keys + j] = vec::dot(q + h * hd, k, hd) * scale;
     }
-    float sum = 0.0f;
+    float inv_sum[64];  // group <= 64 is checked when the model loads (n_heads <= 64 * n_kv_heads)
+    for (int h = 0; h < group; ++h) {
+        float* sc = scores + h * n_keys;
+        float max_score = -INFINITY;
+        for (int j = 0; j < n_keys; ++j) max_score = std::max(max_score, sc[j]);
+        inv_sum[h] = 1.0f / vec::exp_sum(sc, max_score, n_keys);
+    }
+    std::fill(out, out + int64_t(group) * hd, 0.0f);
     for (int j = 0; j < n_keys; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        sum += scores[j];
+        const float* v = vec::as_float(values + int64_t(j) * hd, row, hd);
+        for (int h = 0; h < group; ++h) vec::axpy(out + h * hd, scores[h * n_keys + j], v, hd);
     }
-    std::fill(out, out + hd, 0.0f);
-    for (int j = 0; j < n_keys; ++j) vec::axpy(out, scores[j], values + int64_t(j) * hd, hd);
-    vec::scale(out, 1.0f / sum, hd);
+    for (int h = 0; h < group; ++h) vec::scale(out + h * hd, inv_sum[h], hd);
 }
 
 }  // namespace
@@ -152,22 +160,24 @@ void CpuBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KV
     }
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads, width = s.n_heads * hd;
     const float scale = 1.0f / std::sqrt(float(hd));
-    const int64_t n_tasks = int64_t(rows) * s.n_heads;
+    const int64_t n_tasks = int64_t(rows) * s.n_kv_heads;
     pool_.run([&](int thread, int n_threads) {
-        float* scores = thread_scratch(thread, size_t(n_ctx));
+        float* scores = thread_scratch(thread, size_t(group) * n_ctx + hd);
+        float* row = scores + size_t(group) * n_ctx;
         // Static interleaved split: later rows attend over more keys, so
         // interleaving balances the work without an atomic per task.
         for (int64_t t = thread; t < n_tasks; t += n_threads) {
-            const int r = int(t / s.n_heads), h = int(t % s.n_heads), kvh = h / group;
+            const int r = int(t / s.n_kv_heads), kvh = int(t % s.n_kv_heads);
             const int n_keys = pos0 + r + 1;
-            const float* qh = q.f32() + int64_t(r) * width + h * hd;
-            float* oh = out.f32() + int64_t(r) * width + h * hd;
+            const float* qh = q.f32() + int64_t(r) * width + int64_t(kvh) * group * hd;
+            float* oh = out.f32() + int64_t(r) * width + int64_t(kvh) * group * hd;
             const int64_t head_off = int64_t(kvh) * n_ctx * hd;
             if (f16)
-                attend_one(qh, static_cast<const uint16_t*>(cache.k.data) + head_off,
-                           static_cast<const uint16_t*>(cache.v.data) + head_off, n_keys, hd, scale, scores, oh);
+                attend_group(qh, group, static_cast<const uint16_t*>(cache.k.data) + head_off,
+                             static_cast<const uint16_t*>(cache.v.data) + head_off, n_keys, hd, scale, scores, row, oh);
             else
-                attend_one(qh, cache.k.f32() + head_off, cache.v.f32() + head_off, n_keys, hd, scale, scores, oh);
+                attend_group(qh, group, cache.k.f32() + head_off, cache.v.f32() + head_off, n_keys, hd, scale, scores,
+                             row, oh);
         }
     });
 }
@@ -177,7 +187,7 @@ void CpuBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer&
         const float* g = gate.f32();
         const float* u = up.f32();
         float* o = out.f32();
-        for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+        vec::silu_mul(o + b, g + b, u + b, e - b);
     });
 }
 

@@ -71,6 +71,74 @@ inline void scale(float* y, float a, int n) {
     for (int i = 0; i < n; ++i) y[i] *= a;
 }
 
+// The row as floats: itself if it is float, else converted into buf.
+inline const float* as_float(const float* x, float*, int) { return x; }
+inline const float* as_float(const uint16_t* x, float* buf, int n) {
+    int i = 0;
+#if MN_VEC_AVX2
+    for (; i + 8 <= n; i += 8) store8(buf + i, load8(x + i));
+#endif
+    for (; i < n; ++i) buf[i] = fp16_to_float(x[i]);
+    return buf;
+}
+
+#if MN_VEC_AVX2
+// e^x for 8 floats, within ~2 ulp for x in [-87, 88] (clamped outside): x = n ln2 + f,
+// |f| <= ln2 / 2, e^f by a degree-6 polynomial (Taylor), 2^n through the exponent bits.
+inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // ln2 split in two so n * ln2_hi is exact (Cody-Waite).
+    __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
+// x[i] = e^(x[i] - shift); returns the sum of the new values (softmax).
+inline float exp_sum(float* x, float shift, int n) {
+    int i = 0;
+    float sum = 0.0f;
+#if MN_VEC_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 s = _mm256_set1_ps(shift);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(load8(x + i), s));
+        store8(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = hsum(acc);
+#endif
+    for (; i < n; ++i) {
+        x[i] = std::exp(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
+// out[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i]   (SwiGLU)
+inline void silu_mul(float* out, const float* g, const float* u, int64_t n) {
+    int64_t i = 0;
+#if MN_VEC_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = load8(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        store8(out + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), load8(u + i)));
+    }
+#endif
+    for (; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 // dst[i] = src[i] converted to T
 template <typename T>
 inline void convert(T* dst, const float* src, int n) {
