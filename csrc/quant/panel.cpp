@@ -5,6 +5,10 @@
 
 #include <cstring>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "common/error.h"
 #include "common/fp16.h"
 #include "quant/blocks.h"
@@ -159,6 +163,83 @@ void unpack_q6_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
     }
 }
 
+#if defined(__AVX2__)
+// Fast paths for the 32-element formats, writing panel order directly (the
+// Qwen2.5 models keep most of their matrices in Q5_0). They compile where the
+// build targets AVX2 (the default native build); elsewhere the plain code runs.
+
+// Stores block b's 32 codes at their panel-order places: piece v (elements 8v .. 8v + 7)
+// at chunk offset 64 v + 8 (b % 8).
+inline void store_block(uint8_t* row, int64_t b, __m256i codes) {
+    uint8_t* base = row + (b / 8) * kPanelChunk + 8 * (b % 8);
+    const __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(base), lo);
+    _mm_storeh_pd(reinterpret_cast<double*>(base + 64), _mm_castsi128_pd(lo));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(base + 128), hi);
+    _mm_storeh_pd(reinterpret_cast<double*>(base + 192), _mm_castsi128_pd(hi));
+}
+
+// Elements 0-15 from the low nibbles of 16 bytes, 16-31 from the high ones.
+inline __m256i nibbles(const uint8_t* qs) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+
+// 0x10 in byte i where bit i of the 32-bit word is set.
+inline __m256i bit4(const uint8_t* qh) {
+    uint32_t bits;
+    std::memcpy(&bits, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                                                2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i mask = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask), _mm256_set1_epi8(0x10));
+}
+
+void panel_q5_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ5_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i) {
+        store_block(q, i, _mm256_or_si256(nibbles(b[i].qs), bit4(b[i].qh)));
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 16.0f * d);
+    }
+}
+
+void panel_q4_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ4_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i) {
+        store_block(q, i, nibbles(b[i].qs));
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 8.0f * d);
+    }
+}
+
+void panel_q8_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(w);
+    for (int64_t i = 0; i < n / QK; ++i) {
+        const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
+        store_block(q, i, _mm256_xor_si256(codes, _mm256_set1_epi8(char(0x80))));  // + 128
+        const float d = fp16_to_float(b[i].d);
+        set_pair(s, o, 2 * i, d, 128.0f * d);
+    }
+}
+#endif
+
+// The unpacker that writes panel order itself, if the type has one in this build.
+UnpackRow panel_order_fn(TensorType type) {
+#if defined(__AVX2__)
+    switch (type) {
+        case TensorType::Q4_0: return panel_q4_0;
+        case TensorType::Q5_0: return panel_q5_0;
+        case TensorType::Q8_0: return panel_q8_0;
+        default: break;
+    }
+#endif
+    (void)type;
+    return nullptr;
+}
+
 UnpackRow unpack_fn(TensorType type) {
     switch (type) {
         case TensorType::Q4_0: return unpack_q4_0;
@@ -196,6 +277,17 @@ void unpack_panel(TensorType type, const void* w, size_t w_row_bytes, int rows, 
                   size_t q_stride, float* scale, float* offset, size_t s_stride) {
     const UnpackRow fn = unpack_fn(type);
     if (!fn) throw InvalidArgument("unpack_panel: type has no panel form");
+    if (const UnpackRow direct = panel_order_fn(type)) {
+        // The last chunk is cleared first: the blocks past n are not written.
+        const size_t last = size_t(n) / kPanelChunk * kPanelChunk;
+        for (int r = 0; r < rows; ++r) {
+            uint8_t* qr = q + size_t(r) * q_stride;
+            if (last < q_stride) std::memset(qr + last, 0, q_stride - last);
+            direct(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, qr, scale + size_t(r) * s_stride,
+                   offset + size_t(r) * s_stride);
+        }
+        return;
+    }
     for (int r = 0; r < rows; ++r) {
         uint8_t* qr = q + size_t(r) * q_stride;
         fn(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, qr, scale + size_t(r) * s_stride,
