@@ -48,9 +48,17 @@ bool panel_gemm_available();
 void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q, size_t q_stride, float* scale,
                                float* sum, size_t s_stride);
 
-// out[r * out_stride + c] = dot(weight row r, activation row c) for r < nr,
-// c < nc; nr and nc multiples of 4, rows n_pad elements long.
-void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, float* out,
-                size_t out_stride);
+// Where results go: dot(weight row r, activation row c) to p[r * row_stride +
+// c * col_stride], for r < rows and c < cols only (the panels may hold padding
+// rows beyond those, whose results are dropped).
+struct PanelOutput {
+    float* p;
+    size_t row_stride, col_stride;
+    int rows, cols;
+};
+
+// Products of weight rows [0, nr) with activation rows [0, nc) (nr a multiple
+// of 2, nc of 4; padding rows must be zero), rows n_pad elements long.
+void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, const PanelOutput& out);
 
 }  // namespace mn

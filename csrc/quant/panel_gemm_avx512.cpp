@@ -47,8 +47,7 @@ inline __m512 spread(const float* g) {
 // per pair (4 vpdpbusd, conversion, FMA) written one pair after another
 // measured 2x slower, the out-of-order window being too small to overlap them.
 template <int R, int C, bool Groups16>
-void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a, int c0, float* out,
-          size_t out_stride) {
+void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a, int c0, const PanelOutput& out) {
     const uint8_t* wq[R];
     const float *ws[R], *wo[R];
     const int8_t* aq[C];
@@ -121,7 +120,9 @@ void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a,
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) out[size_t(r0 + r) * out_stride + c0 + c] = _mm512_reduce_add_ps(acc[r][c]);
+        for (int c = 0; c < C; ++c)
+            if (r0 + r < out.rows && c0 + c < out.cols)
+                out.p[size_t(r0 + r) * out.row_stride + size_t(c0 + c) * out.col_stride] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 }  // namespace
@@ -171,14 +172,13 @@ void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q,
         to_panel_order(reinterpret_cast<uint8_t*>(q + size_t(level) * q_stride), size_t(n_pad));
 }
 
-void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, float* out,
-                size_t out_stride) {
+void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, const PanelOutput& out) {
     // Activation columns outermost: a 4-column slab stays in L1 while the
     // band's weight rows (in L2) pass over it.
     for (int c0 = 0; c0 < nc; c0 += kTileCols)
         for (int r0 = 0; r0 < nr; r0 += kTileRows) {
-            if (w.groups_of_16) tile<kTileRows, kTileCols, true>(n_pad, w, r0, a, c0, out, out_stride);
-            else tile<kTileRows, kTileCols, false>(n_pad, w, r0, a, c0, out, out_stride);
+            if (w.groups_of_16) tile<kTileRows, kTileCols, true>(n_pad, w, r0, a, c0, out);
+            else tile<kTileRows, kTileCols, false>(n_pad, w, r0, a, c0, out);
         }
 }
 
@@ -187,7 +187,7 @@ void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPan
 void quantize_activation_panel(const float*, int64_t, int, int8_t*, size_t, float*, float*, size_t) {
     throw Error("panel GEMM: this binary has no AVX-512 kernels");
 }
-void panel_gemm(int64_t, const WeightPanel&, int, const ActivationPanel&, int, float*, size_t) {
+void panel_gemm(int64_t, const WeightPanel&, int, const ActivationPanel&, int, const PanelOutput&) {
     throw Error("panel GEMM: this binary has no AVX-512 kernels");
 }
 

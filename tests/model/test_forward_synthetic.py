@@ -2,6 +2,8 @@
 against an independent float64 numpy implementation, and its internal
 consistency (batching, chunking, truncation, kernel families)."""
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,7 @@ def cosine(a, b):
 def test_logits_match_numpy_reference(tmp_path, arch, wtype):
     # Activations are quantized to 8 bits for the integer dot products, so the
     # bound is on cosine similarity and the top token, not on exact values.
-    path = write_model(tmp_path / "m.gguf", arch=arch, wtype=wtype, seed=hash((arch, wtype)) % 1000)
+    path = write_model(tmp_path / "m.gguf", arch=arch, wtype=wtype, seed=zlib.crc32(f"{arch}/{wtype}".encode()) % 1000)
     ref = NumpyTransformer(path)
     # Three tokens, then nine in one call: the second call reaches the multi-row
     # kernels (the panel GEMM from 8 rows on AVX-512 builds).
@@ -38,11 +40,10 @@ def test_logits_match_numpy_reference(tmp_path, arch, wtype):
             got = np.concatenate([m.eval(tokens[:3], all_logits=True), m.eval(tokens[3:], all_logits=True)])
         for pos in range(len(tokens)):
             assert cosine(got[pos], expected[pos]) > 0.999, (isa, pos)
-            # Random models have flat logits: where the reference's top two are
-            # within 0.1 the 8-bit activations may swap them, never anything worse.
-            order = np.argsort(expected[pos])[::-1]
-            gap = expected[pos][order[0]] - expected[pos][order[1]]
-            assert np.argmax(got[pos]) in (order[:1] if gap >= 0.1 else order[:2]), (isa, pos, gap)
+            # Random models have flat logits: 8-bit activations may pick a token the
+            # reference scores within 0.1 of its best, never anything worse.
+            shortfall = expected[pos].max() - expected[pos][np.argmax(got[pos])]
+            assert shortfall < 0.1, (isa, pos, shortfall)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

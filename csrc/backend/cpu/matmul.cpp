@@ -189,15 +189,22 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
             }
             unpack_panel(w.type, wbase + r0 * w.row_bytes, w.row_bytes, nr, K, wq, n_pad, wscale, woffset, groups);
             const WeightPanel wpanel{wq, n_pad, wscale, woffset, groups, panel_groups_of_16(w.type)};
-            panel_gemm(int64_t(n_pad), wpanel, int(round_up(size_t(nr), 4)), apanel, cols, tile, size_t(cols));
+            const int nr_pad = int(round_up(size_t(nr), 2));
             float* o = out.f32();
-            for (int c = 0; c < act_rows; c += levels) {
-                float* orow = o + int64_t(c / levels) * N + r0;
-                for (int r = 0; r < nr; ++r) {
-                    float v = tile[size_t(r) * cols + c];
-                    if (levels == 2) v += tile[size_t(r) * cols + c + 1];
-                    orow[r] = v + (b ? b[r0 + r] : 0.0f);
-                }
+            if (levels == 1) {  // results straight into the output rows
+                panel_gemm(int64_t(n_pad), wpanel, nr_pad, apanel, cols, PanelOutput{o + r0, 1, size_t(N), nr, rows});
+                if (b)
+                    for (int c = 0; c < rows; ++c)
+                        for (int r = 0; r < nr; ++r) o[int64_t(c) * N + r0 + r] += b[r0 + r];
+                continue;
+            }
+            // Two levels: the tile holds both rows of each input row, [c][r], summed here.
+            panel_gemm(int64_t(n_pad), wpanel, nr_pad, apanel, cols, PanelOutput{tile, 1, kPanelBand, nr, act_rows});
+            for (int c = 0; c < rows; ++c) {
+                float* orow = o + int64_t(c) * N + r0;
+                const float* t0 = tile + size_t(2 * c) * kPanelBand;
+                const float* t1 = t0 + kPanelBand;
+                for (int r = 0; r < nr; ++r) orow[r] = t0[r] + t1[r] + (b ? b[r0 + r] : 0.0f);
             }
         }
     });
