@@ -1,6 +1,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -146,6 +147,62 @@ void attend_group(const float* q, int group, const T* keys, const T* values, int
     for (int h = 0; h < group; ++h) vec::scale(out + h * hd, inv_sum[h], hd);
 }
 
+#if MN_VEC_AVX2
+// A block of query rows against one KV head, for head_dim a multiple of 64.
+// The block's keys are converted once into a transposed float copy kt[d][j],
+// so a query's scores for 64 keys are 8 vector accumulators fed by one FMA per
+// (8 keys, dimension) with no horizontal sums; values are converted once into
+// vf[j][d] and summed into 8 vector accumulators per 64 output dimensions.
+// Rows i < count of the block sit at positions first + i and see keys
+// [0, first + i]. kt needs hd * round_up(first + count, 64) floats, vf
+// (first + count) * hd, scores round_up(first + count, 64).
+template <typename T>
+void attend_rows(const float* q, size_t q_stride, int count, int first, int group, const T* keys, const T* values,
+                 int hd, float scale, float* kt, float* vf, float* scores, float* out, size_t out_stride) {
+    const int n = first + count, n64 = (n + 63) / 64 * 64;
+    for (int j = 0; j < n; ++j) {
+        const float* kj = vec::as_float(keys + int64_t(j) * hd, vf + int64_t(j) * hd, hd);  // vf as scratch
+        for (int d = 0; d < hd; ++d) kt[int64_t(d) * n64 + j] = kj[d];
+    }
+    for (int d = 0; d < hd; ++d) std::fill(kt + int64_t(d) * n64 + n, kt + int64_t(d) * n64 + n64, 0.0f);
+    for (int j = 0; j < n; ++j) {
+        const float* vj = vec::as_float(values + int64_t(j) * hd, vf + int64_t(j) * hd, hd);
+        if (vj != vf + int64_t(j) * hd) std::copy(vj, vj + hd, vf + int64_t(j) * hd);
+    }
+    for (int i = 0; i < count; ++i) {
+        const int n_keys = first + i + 1;
+        for (int h = 0; h < group; ++h) {
+            const float* qh = q + size_t(i) * q_stride + int64_t(h) * hd;
+            for (int j0 = 0; j0 < n_keys; j0 += 64) {
+                __m256 acc[8];
+                for (int b = 0; b < 8; ++b) acc[b] = _mm256_setzero_ps();
+                const float* kb = kt + j0;
+                for (int d = 0; d < hd; ++d, kb += n64) {
+                    const __m256 qd = _mm256_set1_ps(qh[d]);
+                    for (int b = 0; b < 8; ++b) acc[b] = _mm256_fmadd_ps(qd, vec::load8(kb + 8 * b), acc[b]);
+                }
+                for (int b = 0; b < 8; ++b) vec::store8(scores + j0 + 8 * b, acc[b]);
+            }
+            float max_score = -INFINITY;
+            for (int j = 0; j < n_keys; ++j) max_score = std::max(max_score, scores[j] *= scale);
+            const float inv_sum = 1.0f / vec::exp_sum(scores, max_score, n_keys);
+            float* oh = out + size_t(i) * out_stride + int64_t(h) * hd;
+            for (int d0 = 0; d0 < hd; d0 += 64) {
+                __m256 acc[8];
+                for (int b = 0; b < 8; ++b) acc[b] = _mm256_setzero_ps();
+                const float* vb = vf + d0;
+                for (int j = 0; j < n_keys; ++j, vb += hd) {
+                    const __m256 p = _mm256_set1_ps(scores[j]);
+                    for (int b = 0; b < 8; ++b) acc[b] = _mm256_fmadd_ps(p, vec::load8(vb + 8 * b), acc[b]);
+                }
+                const __m256 inv = _mm256_set1_ps(inv_sum);
+                for (int b = 0; b < 8; ++b) vec::store8(oh + d0 + 8 * b, _mm256_mul_ps(acc[b], inv));
+            }
+        }
+    }
+}
+#endif
+
 }  // namespace
 
 void CpuBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows,
@@ -160,6 +217,38 @@ void CpuBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KV
     }
     const int hd = s.head_dim, group = s.n_heads / s.n_kv_heads, width = s.n_heads * hd;
     const float scale = 1.0f / std::sqrt(float(hd));
+#if MN_VEC_AVX2
+    if (hd % 64 == 0) {
+        // Tasks of (block of query rows, KV head); blocks are handed out from
+        // the last (longest) rows first so the threads finish together.
+        constexpr int kRowBlock = 8;
+        const int n_blocks = (rows + kRowBlock - 1) / kRowBlock;
+        const int64_t n_tasks = int64_t(n_blocks) * s.n_kv_heads;
+        const int n_max = pos0 + rows, n64 = (n_max + 63) / 64 * 64;
+        std::atomic<int64_t> next{0};
+        pool_.run([&](int thread, int) {
+            float* kt = thread_scratch(thread, size_t(hd) * n64 * 2 + n64);
+            float* vf = kt + size_t(hd) * n64;
+            float* scores = vf + size_t(hd) * n64;
+            for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+                const int blk = n_blocks - 1 - int(t / s.n_kv_heads), kvh = int(t % s.n_kv_heads);
+                const int r0 = blk * kRowBlock, count = std::min(kRowBlock, rows - r0);
+                const float* qb = q.f32() + int64_t(r0) * width + int64_t(kvh) * group * hd;
+                float* ob = out.f32() + int64_t(r0) * width + int64_t(kvh) * group * hd;
+                const int64_t head_off = int64_t(kvh) * n_ctx * hd;
+                if (f16)
+                    attend_rows(qb, size_t(width), count, pos0 + r0, group,
+                                static_cast<const uint16_t*>(cache.k.data) + head_off,
+                                static_cast<const uint16_t*>(cache.v.data) + head_off, hd, scale, kt, vf, scores, ob,
+                                size_t(width));
+                else
+                    attend_rows(qb, size_t(width), count, pos0 + r0, group, cache.k.f32() + head_off,
+                                cache.v.f32() + head_off, hd, scale, kt, vf, scores, ob, size_t(width));
+            }
+        });
+        return;
+    }
+#endif
     const int64_t n_tasks = int64_t(rows) * s.n_kv_heads;
     pool_.run([&](int thread, int n_threads) {
         float* scores = thread_scratch(thread, size_t(group) * n_ctx + hd);
