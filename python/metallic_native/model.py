@@ -23,7 +23,8 @@ class Model(GenerationMixin):
     n_threads: CPU threads (default: the number of physical cores).
     backend: "auto" (CUDA when a GPU is visible, else CPU), "cpu", "cuda" or "metal".
     kv_type: "f16" (default) or "f32" storage for the KV cache.
-    isa: CPU kernel family: "auto", "avx2", "neon" or "scalar" (for testing).
+    isa: CPU kernel family: "auto", "avx512" (AVX2 kernels + the VNNI prefill GEMM), "avx2",
+        "neon" or "scalar" (for testing).
     max_batch: prompt tokens processed per prefill chunk.
     chat_template: a Jinja chat template to use instead of the file's
         (tokenizer.chat_template); needed for chat with a model that has none.
@@ -53,6 +54,7 @@ class Model(GenerationMixin):
             _check_int("n_threads", n_threads, 1)
         _check_int("max_batch", max_batch, 1)
         self.path = path
+        self.activations = activations
         self._native = _core.Model(str(path), int(n_ctx or 0), int(n_threads or 0), backend, kv_type, isa,
                                    int(max_batch), activations)
         self.config = dict(self._native.config)

@@ -19,7 +19,9 @@ import pytest
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODELS_DIR = Path(os.environ.get("METALLIC_MODELS_DIR", Path.home() / ".cache" / "metallic_native" / "models"))
 REQUIRE = os.environ.get("METALLIC_REQUIRE_MODELS") == "1"
-KEYS = ["qwen", "smollm"]
+# (model, activations): the 0.5B model in the default 8-bit mode and in the near-float
+# two-level mode; SmolLM2 135M in the two-level mode only (see `loaded`).
+MODES = [("qwen", "q8"), ("qwen", "q8x2"), ("smollm", "q8x2")]
 
 
 def _unavailable(msg):
@@ -38,9 +40,9 @@ def _fixture(key):
     return data
 
 
-@pytest.fixture(scope="module", params=KEYS)
+@pytest.fixture(scope="module", params=MODES, ids=lambda m: f"{m[0]}-{m[1]}")
 def loaded(request):
-    key = request.param
+    key, activations = request.param
     data = _fixture(key)
     try:
         from metallic_native import Model
@@ -52,11 +54,12 @@ def loaded(request):
     if not path.exists():
         _unavailable(f"model file {path} not found (metallic pull)")
     try:
-        # The bar is greedy equality on the 0.5B model, which holds with the
-        # default 8-bit activations. SmolLM2 135M is more sensitive: its fixture's
-        # closest steps (top-2 gaps 0.067-0.1) flip under 8-bit activation rounding
-        # (~0.1 logit), so it is checked in the near-float q8x2 mode.
-        model = Model(path, n_ctx=1024, activations="q8x2" if key == "smollm" else "q8")
+        # 8-bit activations move logits by up to ~0.1, so a reference step whose top
+        # two are closer than that may flip (test_greedy_tokens_match_transformers
+        # allows exactly that in q8); the two-level mode is within ~1e-4 and must match
+        # token for token. SmolLM2 135M's closest steps (gaps 0.067-0.1) flip under 8-bit
+        # activations within the first tokens, so it is checked in q8x2 only.
+        model = Model(path, n_ctx=1024, activations=activations)
     except Exception as e:  # an engine that cannot load the model yet: skip, or fail in CI
         _unavailable(f"metallic_native.Model could not load {path.name}: {type(e).__name__}: {e}")
     yield key, model, data
@@ -73,7 +76,15 @@ def test_greedy_tokens_match_transformers(loaded):
     for case in data["cases"]:
         rs = list(model.stream(case["prompt_ids"], max_tokens=steps, temperature=0))
         got = [r.token for r in rs]
-        assert got == case["generated_ids"], (key, case["prompt_text"][-60:])
+        want = case["generated_ids"]
+        if model.activations == "q8" and got != want:
+            # The run must follow the reference until a near tie (top-2 gap < 0.1),
+            # and there take the reference's runner-up; after that the texts differ.
+            i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+            assert case["top2_gaps"][i] < 0.1 and got[i] == case["runner_up_ids"][i], \
+                (key, case["prompt_text"][-60:], i, case["top2_gaps"][i])
+            continue
+        assert got == want, (key, case["prompt_text"][-60:])
         want_reason = "stop" if case["stopped_on_eog"] else "length"
         assert rs[-1].finish_reason == want_reason
         text = case["generated_text"]
