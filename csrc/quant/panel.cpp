@@ -169,10 +169,18 @@ void unpack_q6_k(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
 // build targets AVX2 (the default native build); elsewhere the plain code runs.
 
 // Stores block b's 32 codes at their panel-order places: piece v (elements 8v .. 8v + 7)
-// at chunk offset 64 v + 8 (b % 8).
-inline void store_block(uint8_t* row, int64_t b, __m256i codes) {
-    uint8_t* base = row + (b / 8) * kPanelChunk + 8 * (b % 8);
+// at chunk offset 64 v + 8 (b % 8); in a row's closing half chunk, half v
+// (elements 16 v .. 16 v + 15) at offset 64 v + 16 (b % 8).
+inline void store_block(uint8_t* row, size_t n_pad, int64_t b, __m256i codes) {
+    const size_t chunk = size_t(b / 8) * kPanelChunk;
     const __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+    if (chunk + kPanelChunk > n_pad) {
+        uint8_t* base = row + chunk + 16 * (b % 8);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(base), lo);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(base + 64), hi);
+        return;
+    }
+    uint8_t* base = row + chunk + 8 * (b % 8);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(base), lo);
     _mm_storeh_pd(reinterpret_cast<double*>(base + 64), _mm_castsi128_pd(lo));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(base + 128), hi);
@@ -197,37 +205,40 @@ inline __m256i bit4(const uint8_t* qh) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask), _mm256_set1_epi8(0x10));
 }
 
-void panel_q5_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+void panel_q5_0(const uint8_t* w, int64_t n, size_t n_pad, uint8_t* q, float* s, float* o) {
     const auto* b = reinterpret_cast<const BlockQ5_0*>(w);
     for (int64_t i = 0; i < n / QK; ++i) {
-        store_block(q, i, _mm256_or_si256(nibbles(b[i].qs), bit4(b[i].qh)));
+        store_block(q, n_pad, i, _mm256_or_si256(nibbles(b[i].qs), bit4(b[i].qh)));
         const float d = fp16_to_float(b[i].d);
         set_pair(s, o, 2 * i, d, 16.0f * d);
     }
 }
 
-void panel_q4_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+void panel_q4_0(const uint8_t* w, int64_t n, size_t n_pad, uint8_t* q, float* s, float* o) {
     const auto* b = reinterpret_cast<const BlockQ4_0*>(w);
     for (int64_t i = 0; i < n / QK; ++i) {
-        store_block(q, i, nibbles(b[i].qs));
+        store_block(q, n_pad, i, nibbles(b[i].qs));
         const float d = fp16_to_float(b[i].d);
         set_pair(s, o, 2 * i, d, 8.0f * d);
     }
 }
 
-void panel_q8_0(const uint8_t* w, int64_t n, uint8_t* q, float* s, float* o) {
+void panel_q8_0(const uint8_t* w, int64_t n, size_t n_pad, uint8_t* q, float* s, float* o) {
     const auto* b = reinterpret_cast<const BlockQ8_0*>(w);
     for (int64_t i = 0; i < n / QK; ++i) {
         const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
-        store_block(q, i, _mm256_xor_si256(codes, _mm256_set1_epi8(char(0x80))));  // + 128
+        store_block(q, n_pad, i, _mm256_xor_si256(codes, _mm256_set1_epi8(char(0x80))));  // + 128
         const float d = fp16_to_float(b[i].d);
         set_pair(s, o, 2 * i, d, 128.0f * d);
     }
 }
 #endif
 
+// The unpackers that write panel order themselves (row length n_pad).
+using UnpackPanelRow = void (*)(const uint8_t* w, int64_t n, size_t n_pad, uint8_t* q, float* s, float* o);
+
 // The unpacker that writes panel order itself, if the type has one in this build.
-UnpackRow panel_order_fn(TensorType type) {
+UnpackPanelRow panel_order_fn(TensorType type) {
 #if defined(__AVX2__)
     switch (type) {
         case TensorType::Q4_0: return panel_q4_0;
@@ -265,11 +276,18 @@ bool panel_groups_of_16(TensorType type) {
 }
 
 void to_panel_order(uint8_t* row, size_t n_pad) {
-    for (size_t c = 0; c < n_pad; c += kPanelChunk) {
+    size_t c = 0;
+    for (; c + kPanelChunk <= n_pad; c += kPanelChunk) {
         uint64_t units[32];  // unit 4 j + v = elements [32 j + 8 v, +8)
         std::memcpy(units, row + c, kPanelChunk);
         for (int v = 0; v < 4; ++v)
             for (int j = 0; j < 8; ++j) std::memcpy(row + c + 64 * v + 8 * j, &units[4 * j + v], 8);
+    }
+    if (c < n_pad) {  // the half chunk
+        uint8_t half[kPanelHalfChunk];  // half-block 2 j + v = elements [32 j + 16 v, +16)
+        std::memcpy(half, row + c, kPanelHalfChunk);
+        for (int v = 0; v < 2; ++v)
+            for (int j = 0; j < 4; ++j) std::memcpy(row + c + 64 * v + 16 * j, half + 32 * j + 16 * v, 16);
     }
 }
 
@@ -277,14 +295,14 @@ void unpack_panel(TensorType type, const void* w, size_t w_row_bytes, int rows, 
                   size_t q_stride, float* scale, float* offset, size_t s_stride) {
     const UnpackRow fn = unpack_fn(type);
     if (!fn) throw InvalidArgument("unpack_panel: type has no panel form");
-    if (const UnpackRow direct = panel_order_fn(type)) {
-        // The last chunk is cleared first: the blocks past n are not written.
-        const size_t last = size_t(n) / kPanelChunk * kPanelChunk;
+    if (const UnpackPanelRow direct = panel_order_fn(type)) {
+        // The last (half) chunk is cleared first: the blocks past n are not written.
+        const size_t last = size_t(n) / kPanelHalfChunk * kPanelHalfChunk;
         for (int r = 0; r < rows; ++r) {
             uint8_t* qr = q + size_t(r) * q_stride;
             if (last < q_stride) std::memset(qr + last, 0, q_stride - last);
-            direct(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, qr, scale + size_t(r) * s_stride,
-                   offset + size_t(r) * s_stride);
+            direct(static_cast<const uint8_t*>(w) + size_t(r) * w_row_bytes, n, q_stride, qr,
+                   scale + size_t(r) * s_stride, offset + size_t(r) * s_stride);
         }
         return;
     }

@@ -27,9 +27,15 @@ constexpr int kPanelGroup = 16;  // elements per scale/offset group
 // j), so the integer products of all 4 vectors can be summed per lane before
 // the block's scales are applied once. Weights and activations use the same
 // order, and a dot product does not depend on the order of its terms.
+// A row whose length is an odd multiple of 128 ends in a half chunk of 4
+// blocks and 2 vectors: vector v holds, for each block j, elements
+// [32 j + 16 v, +16) (lanes 4j .. 4j + 3 <-> block j). Rows are padded to a
+// multiple of 128 only: 896-wide rows (Qwen2.5 0.5B) would waste 1/8 of the
+// work if padded to 1024.
 constexpr int kPanelChunk = 256;
+constexpr int kPanelHalfChunk = 128;
 
-// Rearranges row[0 .. n_pad) (n_pad a multiple of 256) from element order to panel order.
+// Rearranges row[0 .. n_pad) (n_pad a multiple of 128) from element order to panel order.
 void to_panel_order(uint8_t* row, size_t n_pad);
 
 // True if `type` can be unpacked into a panel (the integer block formats).

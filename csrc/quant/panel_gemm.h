@@ -2,7 +2,7 @@
 // activations quantized to 8 bits, for prefill. AVX-512 VNNI: one vpdpbusd
 // multiplies 64 unsigned weight codes with 64 signed activation codes.
 //
-// Activation panel rows hold n_pad codes (n rounded up to 256, the tail zero,
+// Activation panel rows hold n_pad codes (n rounded up to 128, the tail zero,
 // in panel order like the weights) and, per group of 16 elements in element
 // order, the scale d of the element's 32-block (x ~ d * code, |code| <= 127)
 // and d * sum(codes of the group). Weight panel rows hold n_pad codes and per
@@ -20,7 +20,7 @@
 namespace mn {
 
 // Panel rows are padded to a multiple of this many elements.
-constexpr int kPanelStep = kPanelChunk;
+constexpr int kPanelStep = kPanelHalfChunk;
 
 struct ActivationPanel {
     const int8_t* q;      // row c at q + c * q_stride
@@ -44,7 +44,7 @@ bool panel_gemm_available();
 
 // Quantizes x[0..n) into `levels` activation panel rows starting at row 0 of
 // the given pointers: level 2 quantizes the residual x - level 1, so their sum
-// is ~100x closer to x. Writes the whole padded row (n_pad = round_up(n, 256)).
+// is ~100x closer to x. Writes the whole padded row (n_pad = round_up(n, 128)).
 void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q, size_t q_stride, float* scale,
                                float* sum, size_t s_stride);
 

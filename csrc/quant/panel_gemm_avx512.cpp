@@ -1,12 +1,13 @@
 // AVX-512 VNNI microkernels for quant/panel_gemm.h.
 //
-// A 4 x 4 tile of (weight row, activation row) pairs keeps 16 float
-// accumulators in registers. Per chunk of 256 elements and pair: four
-// vpdpbusd (64 byte products each) summed into the same 16 int32 lanes, which
-// panel order makes lanes of one 32-block each (lanes 2j, 2j + 1 <-> block j);
-// then one int->float conversion, one multiply of the weight and activation
-// scale vectors and one FMA. Types whose scales change every 16 elements
-// convert twice per chunk (vectors 0-1 and 2-3 hold the two halves of each block).
+// A tile of 2 weight rows x 4 activation rows keeps 8 float accumulators in
+// registers. Per chunk of 256 elements and pair: four vpdpbusd (64 byte
+// products each) summed into the same 16 int32 lanes, which panel order makes
+// lanes of one 32-block each (lanes 2j, 2j + 1 <-> block j); then one
+// int->float conversion, one multiply of the weight and activation scale
+// vectors and one FMA (the closing half chunk: two vpdpbusd, lanes 4j..4j+3).
+// Types whose scales change every 16 elements convert twice per chunk (the
+// first vectors hold the first half of each block, the others the second).
 // vpdpbusd does not saturate: |lane| <= 16 * 255 * 127 per chunk, far inside
 // int32; each chunk's sums are converted before the next.
 #include "quant/panel_gemm.h"
@@ -46,6 +47,15 @@ inline __m512 spread(const float* g) {
 // loop, so each step issues R * C independent vpdpbusd: long dependent chains
 // per pair (4 vpdpbusd, conversion, FMA) written one pair after another
 // measured 2x slower, the out-of-order window being too small to overlap them.
+// The same for a half chunk (4 blocks, lanes 4j .. 4j + 3 <-> block j), from
+// its 8 group values.
+template <int Odd>
+inline __m512 spread_half(const float* g) {
+    const __m512i idx = _mm512_setr_epi32(Odd, Odd, Odd, Odd, 2 + Odd, 2 + Odd, 2 + Odd, 2 + Odd, 4 + Odd, 4 + Odd,
+                                          4 + Odd, 4 + Odd, 6 + Odd, 6 + Odd, 6 + Odd, 6 + Odd);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(g)));
+}
+
 template <int R, int C, bool Groups16>
 void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a, int c0, const PanelOutput& out) {
     const uint8_t* wq[R];
@@ -67,7 +77,9 @@ void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a,
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < n_pad; k += kPanelChunk) {
+    // One chunk at element k: NV = 4 vectors (a full chunk) or 2 (the row's closing half chunk).
+    auto chunk = [&](int64_t k, auto nv_tag) {
+        constexpr int NV = decltype(nv_tag)::value;
         const int64_t g = k / 16;
         __m512i t[R][C];
 #pragma GCC unroll 8
@@ -76,12 +88,13 @@ void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a,
             for (int c = 0; c < C; ++c) t[r][c] = _mm512_setzero_si512();
         // Applies the scales to t (the products of vectors since the last call) and clears it.
         auto flush = [&](auto odd) {
+            constexpr int Odd = decltype(odd)::value;
             __m512 asv[C];
 #pragma GCC unroll 8
-            for (int c = 0; c < C; ++c) asv[c] = spread<0>(as[c] + g);  // d is per 32: either half
+            for (int c = 0; c < C; ++c) asv[c] = NV == 4 ? spread<0>(as[c] + g) : spread_half<0>(as[c] + g);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
-                const __m512 wsv = spread<decltype(odd)::value>(ws[r] + g);
+                const __m512 wsv = NV == 4 ? spread<Odd>(ws[r] + g) : spread_half<Odd>(ws[r] + g);
 #pragma GCC unroll 8
                 for (int c = 0; c < C; ++c) {
                     acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t[r][c]), _mm512_mul_ps(wsv, asv[c]), acc[r][c]);
@@ -90,7 +103,7 @@ void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a,
             }
         };
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < NV; ++v) {
             __m512i wv[R], av[C];
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(wq[r] + k + 64 * v);
@@ -100,19 +113,25 @@ void tile(int64_t n_pad, const WeightPanel& w, int r0, const ActivationPanel& a,
             for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
                 for (int c = 0; c < C; ++c) t[r][c] = _mm512_dpbusd_epi32(t[r][c], wv[r], av[c]);
-            if (Groups16 && v == 1) flush(std::integral_constant<int, 0>{});
+            // Groups of 16: the first half of each block is in vectors [0, NV/2), the second in the rest.
+            if (Groups16 && v == NV / 2 - 1) flush(std::integral_constant<int, 0>{});
         }
         if constexpr (Groups16) flush(std::integral_constant<int, 1>{});
         else flush(std::integral_constant<int, 0>{});
-    }
-    // Offsets: acc -= o_w[g] * (d sum(q_x))[g], 16 groups per step (n_pad / 16 is a multiple of 16).
-    for (int64_t g = 0; g < n_pad / 16; g += 16) {
+    };
+    int64_t k = 0;
+    for (; k + kPanelChunk <= n_pad; k += kPanelChunk) chunk(k, std::integral_constant<int, 4>{});
+    if (k < n_pad) chunk(k, std::integral_constant<int, 2>{});
+    // Offsets: acc -= o_w[g] * (d sum(q_x))[g], 16 groups per step (n_pad / 16 is a multiple of 8).
+    const int64_t groups = n_pad / 16;
+    for (int64_t g = 0; g < groups; g += 16) {
+        const __mmask16 m = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16(0x00FF);
         __m512 wov[R];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) wov[r] = _mm512_loadu_ps(wo[r] + g);
+        for (int r = 0; r < R; ++r) wov[r] = _mm512_maskz_loadu_ps(m, wo[r] + g);
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
-            const __m512 sv = _mm512_loadu_ps(asum[c] + g);
+            const __m512 sv = _mm512_maskz_loadu_ps(m, asum[c] + g);
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fnmadd_ps(wov[r], sv, acc[r][c]);
         }
