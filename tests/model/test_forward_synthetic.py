@@ -132,9 +132,12 @@ def test_f16_kv_cache_close_to_f32(tmp_path):
         assert cosine(m32.eval(tokens), m16.eval(tokens)) > 0.9999
 
 
-def test_numerics_stay_finite_on_long_repeated_and_extreme_inputs(tmp_path):
+@pytest.mark.parametrize("wtype", ["F32", "Q5_0", "Q4_K"])
+def test_numerics_stay_finite_on_long_repeated_and_extreme_inputs(tmp_path, wtype):
     # Large weights push activations to extremes; repeated tokens stress the softmax.
-    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="F32", n_layers=2, seed=3)
+    # F32 runs the float path, the quantized types the integer kernels (and on
+    # AVX-512 builds the panel GEMM for the 500-token prefill).
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, n_layers=2, seed=3)
     with Model(path, n_ctx=600) as m:
         logits = m.eval([42] * 500, all_logits=True)
         assert np.isfinite(logits).all()
