@@ -61,12 +61,12 @@ def decode_bytes_per_token(path: str) -> int:
     return total
 
 
-def bench_ours(path: str, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+def bench_ours(path: str, threads: int, n_prompt: int, n_gen: int, reps: int, activations: str = "q8") -> dict:
     from metallic_native import Model
 
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    model = Model(path, n_ctx=n_prompt + n_gen + 8, n_threads=threads, backend="cpu")
+    model = Model(path, n_ctx=n_prompt + n_gen + 8, n_threads=threads, backend="cpu", activations=activations)
     vocab = model.n_vocab
     first = model.eval([1])
     load_s = time.perf_counter() - t0
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--activations", default="q8", help='our activation mode: "q8" (default), "q8x2" or "auto"')
     ap.add_argument("--llama-bench", default=os.environ.get("METALLIC_LLAMA_BENCH") or shutil.which("llama-bench"))
     args = ap.parse_args()
 
@@ -123,12 +124,12 @@ def main() -> None:
     print(f"threads: {args.threads}; memory read bandwidth measured now: {bw:.1f} GB/s; "
           f"weights read per decoded token: {per_token / 1e6:.0f} MB (decode limit ~{bw * 1e9 / per_token:.0f} tok/s)")
 
-    ours = bench_ours(path, args.threads, args.n_prompt, args.n_gen, args.reps)
+    ours = bench_ours(path, args.threads, args.n_prompt, args.n_gen, args.reps, args.activations)
     ref = None
     if args.llama_bench:
         ref = bench_llama(args.llama_bench, path, args.threads, args.n_prompt, args.n_gen, args.reps)
     # Ours again after llama.cpp so drift in the machine's speed shows up in the spread.
-    ours2 = bench_ours(path, args.threads, args.n_prompt, args.n_gen, args.reps)
+    ours2 = bench_ours(path, args.threads, args.n_prompt, args.n_gen, args.reps, args.activations)
     ours = {"pp": statistics.median(ours["pp_all"] + ours2["pp_all"]),
             "tg": statistics.median(ours["tg_all"] + ours2["tg_all"]), "load_s": min(ours["load_s"], ours2["load_s"]),
             "pp_all": ours["pp_all"] + ours2["pp_all"], "tg_all": ours["tg_all"] + ours2["tg_all"]}
@@ -139,7 +140,7 @@ def main() -> None:
 
     print()
     print(f"{'engine':<22}{'pp' + str(args.n_prompt) + ' tok/s':>16}{'tg' + str(args.n_gen) + ' tok/s':>16}   decode bandwidth")
-    print(f"{'metallic_native':<22}{ours['pp']:>16.1f}{ours['tg']:>16.1f}   {gbs(ours['tg'])}")
+    print(f"{'metallic_native ' + args.activations:<22}{ours['pp']:>16.1f}{ours['tg']:>16.1f}   {gbs(ours['tg'])}")
     if ref:
         print(f"{'llama.cpp ' + ref['build'][:8]:<22}{ref['pp']:>16.1f}{ref['tg']:>16.1f}   {gbs(ref['tg'])}")
         print(f"{'ratio (ours/llama)':<22}{ours['pp'] / ref['pp']:>16.2f}{ours['tg'] / ref['tg']:>16.2f}")
