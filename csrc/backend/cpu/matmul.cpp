@@ -27,6 +27,9 @@ constexpr int kColTile = 32;
 // steps and small batches, where decoding the weights costs more than the
 // second integer dot. Large prefill chunks, which are compute-bound, use one level.
 constexpr int kAutoTwoLevelMaxRows = 8;
+// Decode pieces: long enough to be sequential streams, short enough that the
+// last ones even out the threads' finishing times.
+constexpr int64_t kDecodePieceBytes = 64 * 1024;
 // The panel GEMM unpacks each weight band once per call, so it pays off once
 // a few activation rows share the unpacking; decode stays on the dot kernels.
 constexpr int kPanelMinRows = 8;
@@ -90,14 +93,13 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
 
     const int64_t n_tiles = (N + kRowTile - 1) / kRowTile;
     if (rows == 1 && levels == 1) {
-        // Decode streams the weights once. Each thread takes one contiguous
-        // share of the rows, so its reads form a single sequential stream that
-        // the hardware prefetchers follow; interleaved tiles (one 16-row band to
-        // each thread in turn) measured slower with 2 threads than 1 thread did.
-        pool_.run([&](int thread, int n_threads) {
-            const int64_t r0 = std::min(N, n_tiles * thread / n_threads * kRowTile);
-            const int64_t r1 = std::min(N, n_tiles * (thread + 1) / n_threads * kRowTile);
-            if (r1 <= r0) return;
+        // Decode streams the weights once: each thread walks one contiguous
+        // share of the rows (16-row tiles handed out in turn, which interleave
+        // the threads' streams, made 2-thread decode slower than 1-thread), and
+        // takes pieces of the others' shares once its own is done.
+        const int64_t tiles_per_piece = std::max<int64_t>(1, kDecodePieceBytes / (kRowTile * int64_t(w.row_bytes)));
+        pool_.parallel_shares(n_tiles, tiles_per_piece, [&](int64_t t0, int64_t t1) {
+            const int64_t r0 = t0 * kRowTile, r1 = std::min<int64_t>(t1 * kRowTile, N);
             kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, int(r1 - r0), act, act_row_bytes, 1, o + r0, 1);
             if (b)
                 for (int64_t r = r0; r < r1; ++r) o[r] += b[r];

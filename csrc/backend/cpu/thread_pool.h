@@ -48,6 +48,45 @@ public:
         });
     }
 
+    // Splits [0, n) into one contiguous share per thread, walked front to back
+    // in chunks of `grain` (one sequential stream per thread, which the
+    // hardware prefetchers follow); a thread done with its share takes chunks
+    // from the back of the others', so a thread whose core ran late (a busy
+    // host, another process) is relieved instead of waited for. Calls fn(begin, end).
+    template <typename F>
+    void parallel_shares(int64_t n, int64_t grain, F&& fn) {
+        if (n <= 0) return;
+        if (grain < 1) grain = 1;
+        const int64_t chunks = (n + grain - 1) / grain;
+        if (n_threads_ == 1 || chunks == 1) { fn(int64_t(0), n); return; }
+        // Share t holds chunks [front, back), packed as front << 32 | back in one atomic.
+        constexpr int kMaxShares = 64;
+        struct alignas(64) Share { std::atomic<uint64_t> range; };
+        Share shares[kMaxShares];
+        const int n_shares = n_threads_ < kMaxShares ? n_threads_ : kMaxShares;
+        for (int t = 0; t < n_shares; ++t) {
+            const uint64_t front = uint64_t(chunks * t / n_shares), back = uint64_t(chunks * (t + 1) / n_shares);
+            shares[t].range.store(front << 32 | back, std::memory_order_relaxed);
+        }
+        auto take = [&](int t, bool from_front) -> int64_t {  // a chunk index, or -1
+            uint64_t r = shares[t].range.load(std::memory_order_relaxed);
+            for (;;) {
+                const uint64_t front = r >> 32, back = r & 0xFFFFFFFFu;
+                if (front >= back) return -1;
+                const uint64_t next = from_front ? (front + 1) << 32 | back : front << 32 | (back - 1);
+                if (shares[t].range.compare_exchange_weak(r, next, std::memory_order_relaxed))
+                    return int64_t(from_front ? front : back - 1);
+            }
+        };
+        run([&](int thread, int) {
+            const int own = thread % n_shares;
+            for (int64_t c; (c = take(own, true)) >= 0;) fn(c * grain, c * grain + grain < n ? c * grain + grain : n);
+            for (int k = 1; k < n_shares; ++k)
+                for (int64_t c; (c = take((own + k) % n_shares, false)) >= 0;)
+                    fn(c * grain, c * grain + grain < n ? c * grain + grain : n);
+        });
+    }
+
 private:
     using Trampoline = void (*)(void*, int, int);
     void dispatch(Trampoline fn, void* ctx);
