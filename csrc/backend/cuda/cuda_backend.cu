@@ -105,6 +105,7 @@ private:
     void ensure_ids(int rows);
     void ensure_scratch(size_t floats);
     void ensure_row_scale(int rows);
+    void ensure_q8(int K);
     const float* rope_table(float base, int head_dim);
     // Ends a recording or replays the graph: the work of the step so far is then enqueued.
     void finish_graph_part();
@@ -169,6 +170,16 @@ private:
         int rows = 0, K = 0;
         float* swiglu_out = nullptr;
     } mm_;
+    // One-row matmuls of the integer-dot types: quantize the input (with the pending norm), then
+    // the integer matvec. False (nothing launched) when a job's type or the width does not allow it.
+    bool flush_q8(const PendingMatmul& mm, bool fuse_norm);
+
+    // The decode input quantized to 8 bits (matvec_q8.cu), sized for the widest input seen.
+    bool q8_enabled_ = true;
+    int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
+    int8_t* q8_qs_ = nullptr;
+    float2* q8_ds_ = nullptr;
+    int q8_capacity_ = 0;
 
     // Graph state.
     Mode mode_ = Mode::Eager;
@@ -185,6 +196,10 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     MN_CUDA_CHECK(cudaGetDevice(&device_));
     MN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (const char* g = std::getenv("METALLIC_CUDA_GRAPHS")) graphs_enabled_ = std::string(g) != "0";
+    // METALLIC_CUDA_Q8=0 keeps decode on the float matvec (for comparisons); METALLIC_CUDA_Q8_WARPS=1|2|4
+    // fixes the warps per row pair of the integer matvec (for tuning).
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8")) q8_enabled_ = std::string(q) != "0";
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_WARPS")) q8_warps_ = std::atoi(q);
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, 128 * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -208,7 +223,8 @@ CudaBackend::~CudaBackend() {
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (RopeTable& t : rope_tables_) cudaFree(t.freq);
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
-                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_)})
+                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_qs_),
+                    static_cast<void*>(q8_ds_)})
         if (p) cudaFree(p);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_ids_) cudaFreeHost(h_ids_);
@@ -274,7 +290,9 @@ void CudaBackend::upload(WeightTensor& w) {
                     "Q3_K, Q4_K, Q5_K, Q6_K)");
     if (w.ne0 > INT32_MAX || w.ne1 > INT32_MAX) throw Error("cuda backend: tensor '" + w.name + "' is too large");
     const size_t bytes = w.row_bytes * size_t(w.ne1);
-    void* p = device_alloc(bytes, "tensor '" + w.name + "'");
+    // 16 spare bytes: the integer matvec reads 2-byte aligned blocks as aligned words, up to 2 bytes
+    // past a block's end.
+    void* p = device_alloc(bytes + 16, "tensor '" + w.name + "'");
     weights_.push_back(p);
     weight_bytes_ += bytes;
     MN_CUDA_CHECK(cudaMemcpy(p, w.host, bytes, cudaMemcpyHostToDevice));
@@ -314,6 +332,40 @@ void CudaBackend::ensure_row_scale(int rows) {
     row_scale_rows_ = 0;
     row_scale_ = static_cast<float*>(device_alloc(sizeof(float) * rows, "row scales"));
     row_scale_rows_ = rows;
+}
+
+void CudaBackend::ensure_q8(int K) {
+    if (K <= q8_capacity_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: the quantized input must grow during a recorded step");
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (q8_qs_) cudaFree(q8_qs_);
+    if (q8_ds_) cudaFree(q8_ds_);
+    q8_qs_ = nullptr;
+    q8_ds_ = nullptr;
+    q8_capacity_ = 0;
+    q8_qs_ = static_cast<int8_t*>(device_alloc(size_t(K), "the quantized input"));
+    q8_ds_ = static_cast<float2*>(device_alloc(size_t(K / 32) * sizeof(float2), "the quantized input's scales"));
+    q8_capacity_ = K;
+}
+
+bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
+    if (!q8_enabled_ || mm.rows != 1 || mm.K % 32 != 0) return false;
+    for (int j = 0; j < mm.n; ++j)
+        if (!cuda::matvec_q8_supported(mm.jobs[j].w.type)) return false;
+    ensure_q8(mm.K);
+    const cuda::Q8Input q8{q8_qs_, q8_ds_};
+    if (fuse_norm) {
+        norm_.active = false;
+        cuda::launch_quantize_q8(norm_.x, mm.K, norm_.w, norm_.eps, norm_.out, q8, stream_);
+    } else {
+        launch_pending_norm();
+        cuda::launch_quantize_q8(mm.x, mm.K, nullptr, 0.0f, nullptr, q8, stream_);
+    }
+    const bool fuse_swiglu = mm.swiglu_out && mm.jobs[0].w.type == mm.jobs[1].w.type;
+    cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, q8, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_, stream_);
+    if (mm.swiglu_out && !fuse_swiglu)
+        cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
+    return true;
 }
 
 const float* CudaBackend::rope_table(float base, int head_dim) {
@@ -500,6 +552,7 @@ void CudaBackend::flush() {
     // The fused launch reads norm_.x in every block: nothing in it may write there.
     for (int j = 0; fuse_norm && j < mm.n; ++j)
         if (mm.jobs[j].out == norm_.x || mm.jobs[j].residual == norm_.x) fuse_norm = false;
+    if (flush_q8(mm, fuse_norm)) return;
     if (mm.rows <= cuda::kMaxMatvecRows) {
         cuda::MatvecInput in;
         in.rows = mm.rows;

@@ -49,6 +49,24 @@ struct MatvecInput {
 
 void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cudaStream_t stream);
 
+// ---- matvec_q8.cu: one activation row (decode) as integer dot products. ----
+// The input row quantized to blocks of 32: qs [K] int8 (16-byte aligned), ds [K / 32] = (d, d * sum q).
+struct Q8Input {
+    int8_t* qs = nullptr;
+    float2* ds = nullptr;
+};
+// Types the integer path covers (the 32-element formats, Q4_K, Q5_K, Q6_K); the rest use launch_matvec.
+bool matvec_q8_supported(TensorType t);
+// q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
+// to norm_out when that is set). K: a multiple of 32.
+void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
+                        cudaStream_t stream);
+// out = W q8 (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
+// swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
+// warps_per_row: 1, 2 or 4 warps share a row pair; 0 picks by K.
+void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
+                      cudaStream_t stream);
+
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
 // row_scale ([rows], from launch_row_scale on the same x) keeps the fp16 operands in range.
