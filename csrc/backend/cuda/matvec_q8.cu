@@ -91,9 +91,6 @@ __device__ __forceinline__ void load_a2(const uint8_t* p, uint32_t w[N]) {
 
 __device__ __forceinline__ float h2f_lo(uint32_t w) { return __half2float(__ushort_as_half(uint16_t(w & 0xFFFF))); }
 __device__ __forceinline__ float h2f_hi(uint32_t w) { return __half2float(__ushort_as_half(uint16_t(w >> 16))); }
-__device__ __forceinline__ float f16_ldg(const uint8_t* p) {
-    return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
-}
 
 // Bits 0..3 of t to bit 4 of bytes 0..3 (the fifth bit of four 5-bit values).
 __device__ __forceinline__ uint32_t spread4(uint32_t t) { return (((t & 0xFu) * 0x00204081u) & 0x01010101u) << 4; }
@@ -282,6 +279,11 @@ struct Q8Params {
     const int8_t* aq;
     const float2* ads;
     float* swiglu_out;
+    // SwiGLU output also quantized (for the down projection): the warp that writes the last
+    // of a block's 32 values (counted in cnt, which it then resets to 0) quantizes the block.
+    int8_t* sw_qs;
+    float2* sw_ds;
+    int* cnt;
 };
 
 // A warp's (part of the) dot products of two weight rows with the quantized input.
@@ -317,7 +319,9 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
     }
 }
 
-template <bool SWIGLU>
+// FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
+// resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
+template <bool SWIGLU, TensorType FIXED>
 __global__ void __launch_bounds__(kQ8Warps * 32) matvec_q8_kernel(const Q8Params p) {
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpg = p.wpg;
@@ -349,7 +353,10 @@ __global__ void __launch_bounds__(kQ8Warps * 32) matvec_q8_kernel(const Q8Params
         }
     }
     float acc[2] = {0.0f, 0.0f};
-    if (live) {
+    if (live && FIXED != TensorType::F32) {
+        rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED>(r0, r1, p.K, p.aq, p.ads, lane + 32 * sub,
+                                                                   32 * wpg, acc);
+    } else if (live) {
         const int first = lane + 32 * sub, stride = 32 * wpg;
 #define MN_CASE(T) \
     case T: rows_q8<T>(r0, r1, p.K, p.aq, p.ads, first, stride, acc); break;
@@ -382,17 +389,44 @@ __global__ void __launch_bounds__(kQ8Warps * 32) matvec_q8_kernel(const Q8Params
             }
         }
     }
-    if (!live || lane != 0 || sub != 0) return;
+    if (!live || sub != 0) return;
     if (SWIGLU) {
         const MatvecJob& g = p.jobs[0];
         const MatvecJob& u = p.jobs[1];
         const int n = n0;
-        const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
-        const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
-        if (g.out != p.swiglu_out) g.out[n] = gv;
-        u.out[n] = uv;
-        p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
-    } else {
+        if (lane == 0) {
+            const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
+            const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
+            if (g.out != p.swiglu_out) g.out[n] = gv;
+            u.out[n] = uv;
+            p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
+        }
+        if (p.cnt) {
+            const int c = n >> 5;
+            int old = 0;
+            if (lane == 0) {
+                __threadfence();  // the value above is visible before the count says so
+                old = atomicAdd(p.cnt + c, 1);
+            }
+            old = __shfl_sync(0xffffffffu, old, 0);
+            if (old == 31) {
+                __threadfence();
+                const float v = __ldcg(p.swiglu_out + 32 * c + lane);  // from L2: other SMs wrote them
+                const float amax = warp_max_f(fabsf(v));
+                const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                const int q = __float2int_rn(v * id);
+                const int qsum = __reduce_add_sync(0xffffffffu, q);
+                p.sw_qs[32 * c + lane] = int8_t(q);
+                if (lane == 0) {
+                    p.sw_ds[c] = make_float2(amax / 127.0f, amax / 127.0f * float(qsum));
+                    p.cnt[c] = 0;  // ready for the next launch (graph replays reuse the counters)
+                }
+            }
+        }
+        return;
+    }
+    if (lane != 0) return;
+    {
         const MatvecJob& job = p.jobs[j];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -432,7 +466,7 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 }
 
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
-                      cudaStream_t stream) {
+                      Q8Input swiglu_q8, int* counters, cudaStream_t stream) {
     if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
     Q8Params p{};
     int groups = 0;
@@ -450,6 +484,11 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, floa
     p.aq = q8.qs;
     p.ads = q8.ds;
     p.swiglu_out = swiglu_out;
+    if (swiglu_out && counters && swiglu_q8.qs && jobs[0].w.N % 32 == 0) {
+        p.sw_qs = swiglu_q8.qs;
+        p.sw_ds = swiglu_q8.ds;
+        p.cnt = counters;
+    }
     int wpg = warps_per_row;
     if (wpg <= 0) {
         // Long rows get several warps, so that enough loads are in flight on few rows.
@@ -460,8 +499,24 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, floa
     p.wpg = wpg;
     const int per_block = kQ8Warps / wpg;
     const int blocks = (groups + per_block - 1) / per_block;
-    if (swiglu_out) matvec_q8_kernel<true><<<blocks, kQ8Warps * 32, 0, stream>>>(p);
-    else matvec_q8_kernel<false><<<blocks, kQ8Warps * 32, 0, stream>>>(p);
+    bool one_type = true;
+    for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
+    const TensorType t = one_type ? jobs[0].w.type : TensorType::F32;
+#define MN_LAUNCH(T)                                                                              \
+    if (swiglu_out) matvec_q8_kernel<true, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);           \
+    else matvec_q8_kernel<false, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);
+    switch (t) {
+        case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
+        case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
+        case TensorType::Q5_0: MN_LAUNCH(TensorType::Q5_0) break;
+        case TensorType::Q5_1: MN_LAUNCH(TensorType::Q5_1) break;
+        case TensorType::Q8_0: MN_LAUNCH(TensorType::Q8_0) break;
+        case TensorType::Q4_K: MN_LAUNCH(TensorType::Q4_K) break;
+        case TensorType::Q5_K: MN_LAUNCH(TensorType::Q5_K) break;
+        case TensorType::Q6_K: MN_LAUNCH(TensorType::Q6_K) break;
+        default: MN_LAUNCH(TensorType::F32) break;
+    }
+#undef MN_LAUNCH
     MN_CUDA_CHECK_LAUNCH("matvec_q8_kernel");
 }
 
