@@ -5,7 +5,8 @@ skipped with the reason. Bounds (relative L2 error of logits vs the float64
 numpy reference, rel = |got - ref| / |ref|, and cosine vs the CPU backend):
   * few rows (fp32 matvec on the quantized blocks):            rel <= 2e-3
   * one row of the integer-dot types (Q4_0..Q8_0, Q4_K, Q5_K, Q6_K: the input
-    quantized to 8 bits per block of 32, as the CPU backend does):    rel <= 2e-2
+    quantized to 8 bits per block of 32, as the CPU backend does):
+      rel <= max(2e-2, 1.5 x the CPU backend's own rel on the same positions)
     (the float types, Q2_K and Q3_K keep the fp32 matvec:  rel <= 2e-3)
   * prefill of many rows (weights and activations as fp16 on tensor cores,
     fp32 accumulation):                                         rel <= 2e-2
@@ -78,8 +79,11 @@ def test_every_weight_type_matches_reference(tmp_path, arch, wtype):
         assert top1_ok(prefill[pos], expected[pos]), ("prefill", pos)
         assert cosine(prefill[pos], cpu[pos]) >= 0.999, ("cpu", pos)
     small = np.concatenate([few, decode])
+    # The CPU backend quantizes activations the same way; its error sets the integer path's bound
+    # (Q6_K's synthetic weights give both ~3-4e-2; the fp32 paths stay near 1e-5).
+    cpu_rel = max(rel(cpu[pos], expected[pos]) for pos in range(6, len(tokens)))
     for pos in range(len(tokens)):
-        bound = 2e-2 if pos >= 6 and wtype in INT_DOT else 2e-3
+        bound = max(2e-2, 1.5 * cpu_rel) if pos >= 6 and wtype in INT_DOT else 2e-3
         assert rel(small[pos], expected[pos]) < bound, ("decode", pos, rel(small[pos], expected[pos]))
         assert top1_ok(small[pos], expected[pos]), ("decode", pos)
         assert cosine(small[pos], cpu[pos]) >= 0.999, ("decode vs cpu", pos)
@@ -198,20 +202,26 @@ def test_real_model_cuda_matches_cpu():
 @pytest.mark.parametrize("wtype", ["Q5_0", "Q6_K"])
 def test_integer_decode_split_and_float_path_agree(tmp_path, monkeypatch, wtype):
     # The integer matvec splits long rows over 1, 2 or 4 warps (by width; fixed here through the
-    # environment) and can be switched off (METALLIC_CUDA_Q8=0: the fp32 matvec). Same sums in
-    # another order: the splits agree to rounding, and the fp32 path to the 8-bit input's error.
+    # environment) and can be switched off (METALLIC_CUDA_Q8=0: the fp32 matvec); the fused
+    # SwiGLU quantization and the warp-per-key attention have switches too. Same sums in another
+    # order: the variants agree to rounding, and the fp32 path to the 8-bit input's error.
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=4, **geometry(wtype))
     tokens = np.random.default_rng(9).integers(0, 301, 12).tolist()
     runs = {}
+    knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_SWIGLU_Q8", "METALLIC_CUDA_ATTN_THREAD_PER_KEY")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
-                     ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"})):
-        for k in ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8"):
+                     ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
+                     ("unfused", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_SWIGLU_Q8": "0"}),
+                     ("tpk", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"})):
+        for k in knobs:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         with Model(path, n_ctx=32, backend="cuda", kv_type="f32") as m:
             runs[key] = np.stack([m.eval([t]) for t in tokens])
-    for key in ("w2", "w4"):
+    # The fused SwiGLU quantizes its output as the quantize launch would: same bits.
+    np.testing.assert_array_equal(runs["unfused"], runs["w1"])
+    for key in ("w2", "w4", "tpk"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):

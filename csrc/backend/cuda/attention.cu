@@ -78,7 +78,7 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 // thread per key, whose serial 256-byte row reads left the SMs waiting.)
 constexpr int kMaxWarpHd = 256;
 constexpr int kAttnWarps = kThreads / 32;
-constexpr int kKeysPerTrip = 4;
+constexpr int kKeysPerTrip = 8;  // a trip of the 4 warps covers a 32-key chunk
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __restrict__ q, const T* __restrict__ kc,
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __res
     float acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int j = warp; j < len; j += kAttnWarps) {
         const float p = sc[j];
         const T* vr = vbase + size_t(j) * hd;
@@ -261,13 +261,32 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
     const int n_keys = *pos0 + r + 1;
     const int live = (n_keys + chunk - 1) / chunk;
     const float* base = part + (size_t(r) * n_heads + h) * n_splits * (hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < live; ++s) M = fmaxf(M, base[s * (hd + 2) + hd]);
-    float den = 0.0f;
-    for (int s = 0; s < live; ++s) den += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + hd + 1];
+    // The chunks' maxima and sums are loaded once, in parallel (n_splits <= 32 <= blockDim),
+    // and their weights e^(m_s - M) computed once, not per output dimension.
+    __shared__ float sw[32], sl[32];
+    __shared__ float s_den;
+    if (threadIdx.x < live) {
+        sw[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd];
+        sl[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd + 1];
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = 0; s < live; ++s) M = fmaxf(M, sw[s]);
+        const float w = threadIdx.x < live ? expf(sw[threadIdx.x] - M) : 0.0f;
+        float den = threadIdx.x < live ? w * sl[threadIdx.x] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+        __syncwarp();
+        if (threadIdx.x < live) sw[threadIdx.x] = w;
+        if (threadIdx.x == 0) s_den = den;
+    }
+    __syncthreads();
+    const float den = s_den;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float num = 0.0f;
-        for (int s = 0; s < live; ++s) num += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + d];
+#pragma unroll 8
+        for (int s = 0; s < live; ++s) num += sw[s] * base[s * (hd + 2) + d];
         const float v = num / den;
         const size_t o = (size_t(r) * n_heads + h) * hd + d;
         out[o] = v;
@@ -413,7 +432,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
     const SplitPlan plan = plan_for(a.n_ctx);
     const int hd = a.head_dim;
     const int store_threads = std::min(1024, std::max(32, a.n_kv_heads * hd));
-    const bool warp_split = hd <= kMaxWarpHd;
+    const bool warp_split = hd <= kMaxWarpHd && !a.thread_per_key;
     const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + (warp_split ? size_t(kAttnWarps) * hd : kThreads));
     if (smem > 48 * 1024)
         throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");

@@ -179,6 +179,8 @@ private:
     // q8_in_[0] is written by the quantize launch; q8_in_[1] by the ops that also write their
     // output quantized (attention's combine, the fused SwiGLU), whose own input may be in [0].
     bool q8_enabled_ = true;
+    bool swiglu_q8_ = true;         // the fused SwiGLU also quantizes its output (METALLIC_CUDA_SWIGLU_Q8=0: off)
+    bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
     cuda::Q8Input q8_in_[2];
     int* q8_counters_ = nullptr;  // per block of 32 SwiGLU outputs (matvec_q8.cu); all zero between launches
@@ -204,6 +206,8 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     // fixes the warps per row pair of the integer matvec (for tuning).
     if (const char* q = std::getenv("METALLIC_CUDA_Q8")) q8_enabled_ = std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_WARPS")) q8_warps_ = std::atoi(q);
+    if (const char* q = std::getenv("METALLIC_CUDA_SWIGLU_Q8")) swiglu_q8_ = std::string(q) != "0";
+    if (const char* q = std::getenv("METALLIC_CUDA_ATTN_THREAD_PER_KEY")) attn_thread_per_key_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, 128 * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -370,7 +374,7 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
     const bool use_pre = mm.prequantized && !fuse_norm && mm.K <= q8_capacity_;
     const bool fuse_swiglu = mm.swiglu_out && mm.jobs[0].w.type == mm.jobs[1].w.type;
     // The SwiGLU output's quantized copy goes to q8_in_[1], so the input must be in [0].
-    const bool swiglu_q8 = fuse_swiglu && !use_pre && cuda::matvec_q8_writes_swiglu_q8(mm.jobs[0].w.N);
+    const bool swiglu_q8 = swiglu_q8_ && fuse_swiglu && !use_pre && cuda::matvec_q8_writes_swiglu_q8(mm.jobs[0].w.N);
     ensure_q8(std::max(mm.K, swiglu_q8 ? mm.jobs[0].w.N : 0));
     const cuda::Q8Input q8 = use_pre ? q8_in_[1] : q8_in_[0];
     if (use_pre) {
@@ -779,6 +783,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.out = out.f32();
     a.scratch = scratch_;
     a.kv_stored = fuse_rope;
+    a.thread_per_key = attn_thread_per_key_;
     // Decode: the combine also writes the output quantized for the integer matvec (o projection).
     const bool q8_out = q8_enabled_ && cuda::attention_writes_q8(rows, s.head_dim);
     if (q8_out) {

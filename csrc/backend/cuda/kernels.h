@@ -111,11 +111,14 @@ struct AttentionArgs {
     // (as launch_quantize_q8 would, for the integer matvec that consumes it). Else ignored.
     int8_t* q8_qs = nullptr;
     float2* q8_ds = nullptr;
+    bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
 };
 // Whether launch_attention writes the quantized output for these arguments.
 inline bool attention_writes_q8(int rows, int head_dim) { return rows == 1 && head_dim % 32 == 0 && head_dim <= 256; }
-// Keys per split block: a query row's keys are split into chunks of this many.
-constexpr int kAttnSplit = 256;
+// Keys per split block: a query row's keys are split into chunks of this many (longer
+// chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
+// chain of dependent loads per block short; blocks past the position exit at once.
+constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 
