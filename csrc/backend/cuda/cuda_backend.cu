@@ -179,7 +179,10 @@ private:
     // q8_in_[0] is written by the quantize launch; q8_in_[1] by the ops that also write their
     // output quantized (attention's combine, the fused SwiGLU), whose own input may be in [0].
     bool q8_enabled_ = true;
-    bool swiglu_q8_ = true;         // the fused SwiGLU also quantizes its output (METALLIC_CUDA_SWIGLU_Q8=0: off)
+    // The fused SwiGLU can also quantize its output for the down projection (per-block counters,
+    // matvec_q8.cu), saving a quantize launch; measured slower on the 7B geometry (345 vs 363
+    // tok/s, H100) and even on 0.5B, so off unless METALLIC_CUDA_SWIGLU_Q8=1.
+    bool swiglu_q8_ = false;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
     cuda::Q8Input q8_in_[2];
@@ -206,7 +209,7 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     // fixes the warps per row pair of the integer matvec (for tuning).
     if (const char* q = std::getenv("METALLIC_CUDA_Q8")) q8_enabled_ = std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_WARPS")) q8_warps_ = std::atoi(q);
-    if (const char* q = std::getenv("METALLIC_CUDA_SWIGLU_Q8")) swiglu_q8_ = std::string(q) != "0";
+    if (const char* q = std::getenv("METALLIC_CUDA_SWIGLU_Q8")) swiglu_q8_ = std::string(q) == "1";
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_THREAD_PER_KEY")) attn_thread_per_key_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, 128 * sizeof(int32_t)));
