@@ -80,12 +80,13 @@ constexpr int kMaxWarpHd = 256;
 constexpr int kAttnWarps = kThreads / 32;
 constexpr int kKeysPerTrip = 8;  // a trip of the 4 warps covers a 32-key chunk
 
-template <typename T>
+// DPL: dimensions per lane, ceil(hd / 32) rounded up to 1, 2, 4 or 8 (a compile-time bound:
+// Nsight showed the kernel issue-bound on predicated-off lanes' work with a fixed 8).
+template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __restrict__ q, const T* __restrict__ kc,
                                                               const T* __restrict__ vc, int n_ctx, const int* pos0,
                                                               int n_heads, int n_kv_heads, int hd, int chunk,
                                                               int n_splits, float* __restrict__ part) {
-    constexpr int DPL = kMaxWarpHd / 32;  // dimensions per lane at most
     const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int n_keys = *pos0 + r + 1;
     const int start = s * chunk;
@@ -422,6 +423,17 @@ __global__ void __launch_bounds__(kThreads) attn_tile_kernel(const float* __rest
     }
 }
 
+template <typename T>
+using SplitKernel = void (*)(const float*, const T*, const T*, int, const int*, int, int, int, int, int, float*);
+
+template <typename T>
+SplitKernel<T> split_kernel_for(int hd) {
+    if (hd <= 32) return attn_split_kernel<T, 1>;
+    if (hd <= 64) return attn_split_kernel<T, 2>;
+    if (hd <= 128) return attn_split_kernel<T, 4>;
+    return attn_split_kernel<T, 8>;
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
@@ -458,7 +470,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
                 a.n_kv_heads, hd);
             MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
         }
-        (warp_split ? attn_split_kernel<__half> : attn_split_wide_kernel<__half>)<<<grid, kThreads, smem, stream>>>(
+        (warp_split ? split_kernel_for<__half>(hd) : attn_split_wide_kernel<__half>)<<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     } else {
@@ -468,7 +480,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
                 a.n_kv_heads, hd);
             MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
         }
-        (warp_split ? attn_split_kernel<float> : attn_split_wide_kernel<float>)<<<grid, kThreads, smem, stream>>>(
+        (warp_split ? split_kernel_for<float>(hd) : attn_split_wide_kernel<float>)<<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const float*>(a.k_cache), static_cast<const float*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     }
