@@ -1,6 +1,7 @@
 """CUDA inference speed of metallic_native on one GPU.
 
     python bench/bench_cuda.py MODEL.gguf [MODEL.gguf ...] [--n-prompt 512] [--n-gen 128] [--reps 3]
+                               [--llama-bench PATH/TO/llama-bench]
 
 For each model: prefill of n_prompt tokens (pp512) and decode of n_gen tokens
 (tg128) from an empty context, as llama-bench defines them, with greedy
@@ -9,11 +10,16 @@ token cross to the host) and, for comparison, with the full logits read back.
 Prints tokens/s, the bandwidth achieved in decode (bytes of the weights read per
 token x tok/s) and its fraction of the device's measured copy bandwidth
 (a large device-to-device copy through PyTorch, bytes read + written).
+
+With --llama-bench, llama.cpp's llama-bench runs on the same models in the same
+process lifetime of the machine (-p n_prompt -n n_gen -ngl 99 -fa on, -r reps)
+after our runs, and the table gains its tok/s and our ratio to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -106,6 +112,24 @@ def bench_model(path: str, n_prompt: int, n_gen: int, reps: int, backend: str):
     return results
 
 
+def llama_bench(exe: str, path: str, n_prompt: int, n_gen: int, reps: int) -> dict:
+    """llama-bench's avg tok/s for pp<n_prompt> and tg<n_gen> (flash attention on, all layers on the GPU)."""
+    cmd = [exe, "-m", path, "-p", str(n_prompt), "-n", str(n_gen), "-ngl", "99", "-fa", "1",
+           "-r", str(reps), "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    out = {}
+    for rec in json.loads(proc.stdout):
+        if rec.get("n_prompt", 0) > 0 and rec.get("n_gen", 0) == 0:
+            out["pp"] = float(rec["avg_ts"])
+        elif rec.get("n_gen", 0) > 0 and rec.get("n_prompt", 0) == 0:
+            out["tg"] = float(rec["avg_ts"])
+    out["build"] = next((f"{r.get('build_commit', '?')} ({r.get('build_number', '?')})"
+                         for r in json.loads(proc.stdout)), "?")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+")
@@ -113,6 +137,7 @@ def main():
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backend", default="cuda")
+    ap.add_argument("--llama-bench", default=None, help="path of a llama-bench binary to compare with")
     args = ap.parse_args()
 
     bw = copy_bandwidth_gbs()
@@ -128,10 +153,19 @@ def main():
             frac = f"{gbs / bw:.0%}" if gbs and bw else ""
             rows.append((name, key, tps, f"{gbs:.0f}" if gbs else "", frac))
         print(f"{name}: weights read per token {nbytes / 1e6:.0f} MB", flush=True)
-    print(f"\n{'model':48s} {'test':14s} {'tok/s':>10s} {'GB/s':>7s} {'of copy bw':>10s}")
+    ref = {}
+    if args.llama_bench:
+        for path in args.models:
+            r = llama_bench(args.llama_bench, path, args.n_prompt, args.n_gen, args.reps)
+            ref[os.path.basename(path)] = r
+            print(f"llama-bench {r['build']} on {os.path.basename(path)}: pp {r.get('pp', 0):.1f}, "
+                  f"tg {r.get('tg', 0):.1f} tok/s", flush=True)
+    print(f"\n{'model':48s} {'test':14s} {'tok/s':>10s} {'GB/s':>7s} {'of copy bw':>10s} {'llama.cpp':>10s} {'ratio':>6s}")
     for name, key, tps, gbs, frac in rows:
         test = f"pp{args.n_prompt}" if key == "pp" else f"tg{args.n_gen} {key[3:]}"
-        print(f"{name:48s} {test:14s} {tps:10.1f} {gbs:>7s} {frac:>10s}")
+        lc = ref.get(name, {}).get("pp" if key == "pp" else "tg")
+        lcs = f"{lc:10.1f} {tps / lc:6.2f}" if lc else ""
+        print(f"{name:48s} {test:14s} {tps:10.1f} {gbs:>7s} {frac:>10s} {lcs}")
 
 
 if __name__ == "__main__":

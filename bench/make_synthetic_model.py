@@ -68,6 +68,11 @@ def main():
     rng = np.random.default_rng(args.seed)
     w = gguf.GGUFWriter(args.out, arch)
     w.add_name(f"synthetic {args.preset} Q4_K_M")
+    # A placeholder byte-level tokenizer (llama.cpp refuses files without one): token i is "t<i>".
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_token_types([1] * vocab)
+    w.add_token_merges(["t 1"])
     w.add_block_count(n_layers)
     w.add_embedding_length(d)
     w.add_feed_forward_length(d_ff)

@@ -72,8 +72,107 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 }
 
 // grid (n_splits, n_heads, rows). Partial record per (row, head, split): [hd] acc, max, sum.
-template <typename T>
+// Warps take keys in turn and their lanes split the head's dimensions, so each key row is
+// one coalesced read and a warp has several keys' loads in flight; the warps' partial
+// outputs meet in shared memory. (Decode spends ~2 us here instead of ~10-18 us with a
+// thread per key, whose serial 256-byte row reads left the SMs waiting.)
+constexpr int kMaxWarpHd = 256;
+constexpr int kAttnWarps = kThreads / 32;
+constexpr int kKeysPerTrip = 8;  // a trip of the 4 warps covers a 32-key chunk
+
+// DPL: dimensions per lane, ceil(hd / 32) rounded up to 1, 2, 4 or 8 (a compile-time bound:
+// Nsight showed the kernel issue-bound on predicated-off lanes' work with a fixed 8).
+template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __restrict__ q, const T* __restrict__ kc,
+                                                              const T* __restrict__ vc, int n_ctx, const int* pos0,
+                                                              int n_heads, int n_kv_heads, int hd, int chunk,
+                                                              int n_splits, float* __restrict__ part) {
+    const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
+    const int n_keys = *pos0 + r + 1;
+    const int start = s * chunk;
+    if (start >= n_keys) return;  // the combine kernel counts only live chunks
+    const int len = min(chunk, n_keys - start);
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    extern __shared__ float smem[];
+    float* sq = smem;              // [hd], scaled by 1/sqrt(hd)
+    float* sc = sq + hd;           // [chunk]
+    float* sacc = sc + chunk;      // [kAttnWarps][hd]
+    __shared__ float red[kThreads / 32];
+
+    const float scale = 1.0f / sqrtf(float(hd));
+    const float* qr = q + (size_t(r) * n_heads + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += kThreads) sq[i] = qr[i] * scale;
+    __syncthreads();
+    float qv[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) qv[i] = lane + 32 * i < hd ? sq[lane + 32 * i] : 0.0f;
+
+    const T* kbase = kc + (size_t(kvh) * n_ctx + start) * hd;
+    const T* vbase = vc + (size_t(kvh) * n_ctx + start) * hd;
+    float mx = -INFINITY;
+    for (int j0 = warp * kKeysPerTrip; j0 < len; j0 += kAttnWarps * kKeysPerTrip) {
+        float dot[kKeysPerTrip];
+#pragma unroll
+        for (int u = 0; u < kKeysPerTrip; ++u) {
+            dot[u] = 0.0f;
+            if (j0 + u < len) {
+                const T* kr = kbase + size_t(j0 + u) * hd;
+#pragma unroll
+                for (int i = 0; i < DPL; ++i)
+                    if (lane + 32 * i < hd) dot[u] += qv[i] * to_f<T>(kr[lane + 32 * i]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kKeysPerTrip; ++u) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+            if (j0 + u < len) {
+                mx = fmaxf(mx, dot[u]);
+                if (lane == 0) sc[j0 + u] = dot[u];
+            }
+        }
+    }
+    mx = block_reduce(mx, red, true);  // its barriers also publish sc[]
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float p = expf(sc[j] - mx);
+        sc[j] = p;
+        sum += p;
+    }
+    sum = block_reduce(sum, red, false);
+
+    float acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
+#pragma unroll 8
+    for (int j = warp; j < len; j += kAttnWarps) {
+        const float p = sc[j];
+        const T* vr = vbase + size_t(j) * hd;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i)
+            if (lane + 32 * i < hd) acc[i] += p * to_f<T>(vr[lane + 32 * i]);
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; ++i)
+        if (lane + 32 * i < hd) sacc[warp * hd + lane + 32 * i] = acc[i];
+    __syncthreads();
+    float* rec = part + ((size_t(r) * n_heads + h) * n_splits + s) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += kThreads) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kAttnWarps; ++w) t += sacc[w * hd + d];
+        rec[d] = t;
+    }
+    if (threadIdx.x == 0) {
+        rec[hd] = mx;
+        rec[hd + 1] = sum;
+    }
+}
+
+// Heads wider than kMaxWarpHd: a thread per key (scores) and per dimension (output).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attn_split_wide_kernel(const float* __restrict__ q, const T* __restrict__ kc,
                                                               const T* __restrict__ vc, int n_ctx, const int* pos0,
                                                               int n_heads, int n_kv_heads, int hd, int chunk,
                                                               int n_splits, float* __restrict__ part) {
@@ -153,20 +252,55 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __res
 }
 
 // grid (n_heads, rows): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+// With qs set (one row, hd a multiple of 32, a thread per dimension) the output is also
+// quantized to 8-bit blocks of 32 for the integer matvec that consumes it (a head holds
+// whole blocks, one per warp): that matvec then needs no quantize launch.
 __global__ void attn_combine_kernel(const float* __restrict__ part, const int* pos0, int n_heads, int hd, int chunk,
-                                    int n_splits, float* __restrict__ out) {
+                                    int n_splits, float* __restrict__ out, int8_t* __restrict__ qs,
+                                    float2* __restrict__ qds) {
     const int h = blockIdx.x, r = blockIdx.y;
     const int n_keys = *pos0 + r + 1;
     const int live = (n_keys + chunk - 1) / chunk;
     const float* base = part + (size_t(r) * n_heads + h) * n_splits * (hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < live; ++s) M = fmaxf(M, base[s * (hd + 2) + hd]);
-    float den = 0.0f;
-    for (int s = 0; s < live; ++s) den += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + hd + 1];
+    // The chunks' maxima and sums are loaded once, in parallel (n_splits <= 32 <= blockDim),
+    // and their weights e^(m_s - M) computed once, not per output dimension.
+    __shared__ float sw[32], sl[32];
+    __shared__ float s_den;
+    if (threadIdx.x < live) {
+        sw[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd];
+        sl[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd + 1];
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = 0; s < live; ++s) M = fmaxf(M, sw[s]);
+        const float w = threadIdx.x < live ? expf(sw[threadIdx.x] - M) : 0.0f;
+        float den = threadIdx.x < live ? w * sl[threadIdx.x] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+        __syncwarp();
+        if (threadIdx.x < live) sw[threadIdx.x] = w;
+        if (threadIdx.x == 0) s_den = den;
+    }
+    __syncthreads();
+    const float den = s_den;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float num = 0.0f;
-        for (int s = 0; s < live; ++s) num += expf(base[s * (hd + 2) + hd] - M) * base[s * (hd + 2) + d];
-        out[(size_t(r) * n_heads + h) * hd + d] = num / den;
+#pragma unroll 8
+        for (int s = 0; s < live; ++s) num += sw[s] * base[s * (hd + 2) + d];
+        const float v = num / den;
+        const size_t o = (size_t(r) * n_heads + h) * hd + d;
+        out[o] = v;
+        if (qs) {
+            float amax = fabsf(v);
+#pragma unroll
+            for (int w = 16; w > 0; w >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, w));
+            const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            const int qv = __float2int_rn(v * id);
+            const int qsum = __reduce_add_sync(0xffffffffu, qv);
+            qs[o] = int8_t(qv);
+            if ((threadIdx.x & 31) == 0) qds[o >> 5] = make_float2(amax / 127.0f, amax / 127.0f * float(qsum));
+        }
     }
 }
 
@@ -289,6 +423,17 @@ __global__ void __launch_bounds__(kThreads) attn_tile_kernel(const float* __rest
     }
 }
 
+template <typename T>
+using SplitKernel = void (*)(const float*, const T*, const T*, int, const int*, int, int, int, int, int, float*);
+
+template <typename T>
+SplitKernel<T> split_kernel_for(int hd) {
+    if (hd <= 32) return attn_split_kernel<T, 1>;
+    if (hd <= 64) return attn_split_kernel<T, 2>;
+    if (hd <= 128) return attn_split_kernel<T, 4>;
+    return attn_split_kernel<T, 8>;
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
@@ -299,7 +444,8 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
     const SplitPlan plan = plan_for(a.n_ctx);
     const int hd = a.head_dim;
     const int store_threads = std::min(1024, std::max(32, a.n_kv_heads * hd));
-    const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + kThreads);
+    const bool warp_split = hd <= kMaxWarpHd && !a.thread_per_key;
+    const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + (warp_split ? size_t(kAttnWarps) * hd : kThreads));
     if (smem > 48 * 1024)
         throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
     const dim3 grid(plan.n_splits, a.n_heads, a.rows);
@@ -324,7 +470,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
                 a.n_kv_heads, hd);
             MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
         }
-        attn_split_kernel<__half><<<grid, kThreads, smem, stream>>>(
+        (warp_split ? split_kernel_for<__half>(hd) : attn_split_wide_kernel<__half>)<<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     } else {
@@ -334,13 +480,15 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
                 a.n_kv_heads, hd);
             MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
         }
-        attn_split_kernel<float><<<grid, kThreads, smem, stream>>>(
+        (warp_split ? split_kernel_for<float>(hd) : attn_split_wide_kernel<float>)<<<grid, kThreads, smem, stream>>>(
             a.q, static_cast<const float*>(a.k_cache), static_cast<const float*>(a.v_cache), a.n_ctx, a.pos0,
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     }
     MN_CUDA_CHECK_LAUNCH("attn_split_kernel");
+    const bool q8 = a.q8_qs && attention_writes_q8(a.rows, hd);
     attn_combine_kernel<<<dim3(a.n_heads, a.rows), std::min(256, ((hd + 31) / 32) * 32), 0, stream>>>(
-        a.scratch, a.pos0, a.n_heads, hd, plan.chunk, plan.n_splits, a.out);
+        a.scratch, a.pos0, a.n_heads, hd, plan.chunk, plan.n_splits, a.out, q8 ? a.q8_qs : nullptr,
+        q8 ? a.q8_ds : nullptr);
     MN_CUDA_CHECK_LAUNCH("attn_combine_kernel");
 }
 

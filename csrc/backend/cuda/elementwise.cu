@@ -76,12 +76,14 @@ template <> __device__ __forceinline__ __half to_cache<__half>(float v) { return
 template <typename T>
 __global__ void rope_kernel(float* q, float* k, const float* __restrict__ v, T* kc, T* vc, int n_ctx, const int* pos0,
                             int n_heads, int n_kv_heads, int hd, const float* __restrict__ inv_freq, bool neox) {
-    const int r = blockIdx.x;
+    // grid (pair blocks, rows): one thread per rotated pair, so a decode row's ~1-2K pairs
+    // spread over several SMs instead of looping in one block.
+    const int r = blockIdx.y;
     const int half = hd / 2;
     const int pos_i = *pos0 + r;
     const float pos = float(pos_i);
     const int total = (n_heads + n_kv_heads) * half;
-    for (int t = threadIdx.x; t < total; t += blockDim.x) {
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
         const int head = t / half, i = t % half;
         // Angles in fp32 from frequencies the host computed as the CPU backend does.
         const float angle = pos * inv_freq[i];
@@ -109,6 +111,7 @@ __global__ void rope_kernel(float* q, float* k, const float* __restrict__ v, T* 
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 4096)); }
 
 // ---- top-k: k rounds of a block-wide argmax over per-thread running maxima. ----
+constexpr int kRopeThreads = 128;
 constexpr int kTopkThreads = 256;
 constexpr int kTopkBlocks = 128;
 
@@ -213,7 +216,8 @@ void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
 
 void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,
                  const float* inv_freq, bool neox, cudaStream_t stream) {
-    rope_kernel<float><<<rows, 256, 0, stream>>>(q, k, nullptr, nullptr, nullptr, 0, pos0, n_heads, n_kv_heads,
+    const dim3 grid((unsigned((n_heads + n_kv_heads) * (head_dim / 2)) + kRopeThreads - 1) / kRopeThreads, rows);
+    rope_kernel<float><<<grid, kRopeThreads, 0, stream>>>(q, k, nullptr, nullptr, nullptr, 0, pos0, n_heads, n_kv_heads,
                                                  head_dim, inv_freq, neox);
     MN_CUDA_CHECK_LAUNCH("rope_kernel");
 }
@@ -221,12 +225,13 @@ void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int
 void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* v_cache, bool f16_cache, int n_ctx,
                        int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim, const float* inv_freq,
                        bool neox, cudaStream_t stream) {
+    const dim3 grid((unsigned((n_heads + n_kv_heads) * (head_dim / 2)) + kRopeThreads - 1) / kRopeThreads, rows);
     if (f16_cache)
-        rope_kernel<__half><<<rows, 256, 0, stream>>>(q, k, v, static_cast<__half*>(k_cache),
+        rope_kernel<__half><<<grid, kRopeThreads, 0, stream>>>(q, k, v, static_cast<__half*>(k_cache),
                                                       static_cast<__half*>(v_cache), n_ctx, pos0, n_heads,
                                                       n_kv_heads, head_dim, inv_freq, neox);
     else
-        rope_kernel<float><<<rows, 256, 0, stream>>>(q, k, v, static_cast<float*>(k_cache),
+        rope_kernel<float><<<grid, kRopeThreads, 0, stream>>>(q, k, v, static_cast<float*>(k_cache),
                                                      static_cast<float*>(v_cache), n_ctx, pos0, n_heads, n_kv_heads,
                                                      head_dim, inv_freq, neox);
     MN_CUDA_CHECK_LAUNCH("rope_kernel");

@@ -49,6 +49,27 @@ struct MatvecInput {
 
 void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cudaStream_t stream);
 
+// ---- matvec_q8.cu: one activation row (decode) as integer dot products. ----
+// The input row quantized to blocks of 32: qs [K] int8 (16-byte aligned), ds [K / 32] = (d, d * sum q).
+struct Q8Input {
+    int8_t* qs = nullptr;
+    float2* ds = nullptr;
+};
+// Types the integer path covers (the 32-element formats, Q4_K, Q5_K, Q6_K); the rest use launch_matvec.
+bool matvec_q8_supported(TensorType t);
+// q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
+// to norm_out when that is set). K: a multiple of 32.
+void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
+                        cudaStream_t stream);
+// out = W q8 (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
+// swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
+// warps_per_row: 1, 2 or 4 warps share a row pair; 0 picks by K. With swiglu_out, swiglu_q8 and
+// counters (N / 32 ints, zero, left zero) set and N a multiple of 32, the SwiGLU output is also
+// written quantized to swiglu_q8 (which must not be q8).
+void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
+                      Q8Input swiglu_q8, int* counters, cudaStream_t stream);
+inline bool matvec_q8_writes_swiglu_q8(int N) { return N % 32 == 0; }
+
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
 // row_scale ([rows], from launch_row_scale on the same x) keeps the fp16 operands in range.
@@ -86,9 +107,18 @@ struct AttentionArgs {
     // Scratch for split partials: floats needed by attention_scratch_floats().
     float* scratch = nullptr;
     bool kv_stored = false;  // k and v are already in the cache (launch_rope_store)
+    // One row with head_dim a multiple of 32 (<= 256): the output is also written quantized here
+    // (as launch_quantize_q8 would, for the integer matvec that consumes it). Else ignored.
+    int8_t* q8_qs = nullptr;
+    float2* q8_ds = nullptr;
+    bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
 };
-// Keys per split block: a query row's keys are split into chunks of this many.
-constexpr int kAttnSplit = 256;
+// Whether launch_attention writes the quantized output for these arguments.
+inline bool attention_writes_q8(int rows, int head_dim) { return rows == 1 && head_dim % 32 == 0 && head_dim <= 256; }
+// Keys per split block: a query row's keys are split into chunks of this many (longer
+// chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
+// chain of dependent loads per block short; blocks past the position exit at once.
+constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 

@@ -1,0 +1,523 @@
+// Single-row decode matvecs as integer dot products.
+//
+// Decode reads every weight once; the float path (matvec.cu) spends ~15
+// instructions per weight unpacking blocks into floats, which leaves DRAM
+// mostly idle. Here the input row is first quantized on the device (one small
+// launch, which also computes a fused rms_norm) to 8-bit blocks of 32 values
+// with a float scale d and the block's sum d * sum(q); the weights are then
+// read in their GGUF blocks and multiplied 4 bytes at a time with __dp4a, the
+// block scales applied once per 32 (16 for Q6_K) products. The block sum
+// takes care of the formats' offsets and mins (Q4_0's -8, Q4_K's -dmin * m).
+//
+// Work split: a warp (or 2-4 warps for long rows) computes two outputs, its
+// lanes walking the row in units of one weight block (32 elements) or, for the
+// K-quants, two 32-element sub-blocks that share bytes. Both rows' loads of a
+// unit are issued before either is used; the input unit is loaded once for both.
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace mn::cuda {
+
+namespace {
+
+constexpr int kQuantThreads = 256;
+constexpr int kQ8Warps = 4;  // warps per block of the matvec
+
+__device__ __forceinline__ float warp_sum_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// x (optionally rms-normalized and scaled by nw) -> int8 blocks of 32 with (d, d * sum q).
+__global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float* __restrict__ x, int K,
+                                                                    const float* __restrict__ nw, float eps,
+                                                                    float* __restrict__ norm_out,
+                                                                    int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    float inv = 1.0f;
+    if (nw) {
+        // Every block sums the squares of the whole row (a few KB from L2) instead of a second launch.
+        double ss = 0.0;
+        for (int i = threadIdx.x; i < K; i += kQuantThreads) ss += double(x[i]) * x[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        __shared__ double part[kQuantThreads / 32];
+        if (lane == 0) part[wi] = ss;
+        __syncthreads();
+        double t = 0.0;
+#pragma unroll
+        for (int w = 0; w < kQuantThreads / 32; ++w) t += part[w];
+        // As rms_norm_kernel computes it, so that the fused and unfused paths agree.
+        inv = float(1.0 / sqrt(t / K + double(eps)));
+    }
+    const int i = blockIdx.x * kQuantThreads + threadIdx.x;
+    if (i >= K) return;  // K is a multiple of 32: whole warps leave
+    float v = x[i];
+    if (nw) {
+        v = v * inv * nw[i];
+        if (norm_out) norm_out[i] = v;
+    }
+    const float amax = warp_max_f(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const int q = __float2int_rn(v * id);
+    const int s = __reduce_add_sync(0xffffffffu, q);
+    qs[i] = int8_t(q);
+    if (lane == 0) ds[i >> 5] = make_float2(d, d * float(s));
+}
+
+// ---- weight blocks ---------------------------------------------------------------------------
+
+// N 32-bit words starting at a 2-byte aligned address: N + 1 aligned loads and funnel shifts
+// (the 32-element formats' blocks are 18, 22, 34 and 210 bytes long). Reads up to 2 bytes past
+// the last word; weight allocations are padded for that (upload()).
+template <int N>
+__device__ __forceinline__ void load_a2(const uint8_t* p, uint32_t w[N]) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const unsigned int* b = reinterpret_cast<const unsigned int*>(a & ~uintptr_t(3));
+    const uint32_t sh = uint32_t(a & 2) * 8;
+    uint32_t t[N + 1];
+#pragma unroll
+    for (int i = 0; i <= N; ++i) t[i] = __ldg(b + i);
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = __funnelshift_r(t[i], t[i + 1], sh);
+}
+
+__device__ __forceinline__ float h2f_lo(uint32_t w) { return __half2float(__ushort_as_half(uint16_t(w & 0xFFFF))); }
+__device__ __forceinline__ float h2f_hi(uint32_t w) { return __half2float(__ushort_as_half(uint16_t(w >> 16))); }
+
+// Bits 0..3 of t to bit 4 of bytes 0..3 (the fifth bit of four 5-bit values).
+__device__ __forceinline__ uint32_t spread4(uint32_t t) { return (((t & 0xFu) * 0x00204081u) & 0x01010101u) << 4; }
+
+template <TensorType T>
+struct Q8Unit;  // elems: weights per unit (one lane's step)
+template <> struct Q8Unit<TensorType::Q4_0> { static constexpr int elems = 32; };
+template <> struct Q8Unit<TensorType::Q4_1> { static constexpr int elems = 32; };
+template <> struct Q8Unit<TensorType::Q5_0> { static constexpr int elems = 32; };
+template <> struct Q8Unit<TensorType::Q5_1> { static constexpr int elems = 32; };
+template <> struct Q8Unit<TensorType::Q8_0> { static constexpr int elems = 32; };
+template <> struct Q8Unit<TensorType::Q4_K> { static constexpr int elems = 64; };
+template <> struct Q8Unit<TensorType::Q5_K> { static constexpr int elems = 64; };
+template <> struct Q8Unit<TensorType::Q6_K> { static constexpr int elems = 64; };
+
+// The input blocks (of 32) that unit u multiplies: A, and B for 64-element units.
+template <TensorType T>
+__device__ __forceinline__ void unit_blocks(int u, int& A, int& B) {
+    if constexpr (T == TensorType::Q6_K) {
+        // u = 4 s + 2 h + p: chunks p and p + 2 of half h of super-block s (they share ql bytes).
+        const int p = u & 1;
+        A = 2 * u - p;
+        B = A + 2;
+    } else if constexpr (Q8Unit<T>::elems == 64) {
+        A = 2 * u;
+        B = A + 1;
+    } else {
+        A = B = u;
+    }
+}
+
+// The weight bytes of unit u, loaded (the loads issued, not yet used).
+struct UnitRaw {
+    uint32_t q[8];  // 32 bytes of quants (16 for the 4-bit 32-element formats)
+    uint32_t h[8];  // high bits (Q5_0/Q5_1: h[0]; Q5_K/Q6_K: 32 bytes)
+    uint32_t s[4];  // header: K-quant scales in s[0..2]; d (and min) in s[3]
+};
+
+template <TensorType T>
+__device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u, UnitRaw& r) {
+    if constexpr (T == TensorType::Q8_0) {
+        const uint8_t* b = row + size_t(u) * 34;
+        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
+        load_a2<8>(b + 2, r.q);
+    } else if constexpr (T == TensorType::Q4_0) {
+        const uint8_t* b = row + size_t(u) * 18;
+        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
+        load_a2<4>(b + 2, r.q);
+    } else if constexpr (T == TensorType::Q5_0) {
+        const uint8_t* b = row + size_t(u) * 22;
+        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
+        load_a2<1>(b + 2, r.h);
+        load_a2<4>(b + 6, r.q);
+    } else if constexpr (T == TensorType::Q4_1) {  // 20-byte blocks: 4-byte aligned
+        const unsigned int* b = reinterpret_cast<const unsigned int*>(row + size_t(u) * 20);
+        r.s[3] = __ldg(b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = __ldg(b + 1 + i);
+    } else if constexpr (T == TensorType::Q5_1) {  // 24-byte blocks: 8-byte aligned
+        const uint2* b = reinterpret_cast<const uint2*>(row + size_t(u) * 24);
+        const uint2 x0 = __ldg(b), x1 = __ldg(b + 1), x2 = __ldg(b + 2);
+        r.s[3] = x0.x;
+        r.h[0] = x0.y;
+        r.q[0] = x1.x; r.q[1] = x1.y; r.q[2] = x2.x; r.q[3] = x2.y;
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        // 144 / 176-byte super-blocks: 16-byte aligned. Header: d, dmin, 12 bytes of 6-bit scales;
+        // Q5_K then 32 bytes of fifth bits; then the nibbles, 32 bytes per pair of sub-blocks.
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const uint8_t* b = row + size_t(u >> 2) * (q5 ? 176 : 144);
+        const int p = u & 3;
+        const uint4 hd = __ldg(reinterpret_cast<const uint4*>(b));
+        const uint4* qp = reinterpret_cast<const uint4*>(b + (q5 ? 48 : 16) + 32 * p);
+        const uint4 q0 = __ldg(qp), q1 = __ldg(qp + 1);
+        r.s[3] = hd.x;
+        r.s[0] = hd.y; r.s[1] = hd.z; r.s[2] = hd.w;
+        r.q[0] = q0.x; r.q[1] = q0.y; r.q[2] = q0.z; r.q[3] = q0.w;
+        r.q[4] = q1.x; r.q[5] = q1.y; r.q[6] = q1.z; r.q[7] = q1.w;
+        if constexpr (q5) {
+            const uint4* hp = reinterpret_cast<const uint4*>(b + 16);
+            const uint4 h0 = __ldg(hp), h1 = __ldg(hp + 1);
+            r.h[0] = h0.x; r.h[1] = h0.y; r.h[2] = h0.z; r.h[3] = h0.w;
+            r.h[4] = h1.x; r.h[5] = h1.y; r.h[6] = h1.z; r.h[7] = h1.w;
+        }
+    } else if constexpr (T == TensorType::Q6_K) {
+        // 210-byte super-blocks (2-byte aligned): ql[128], qh[64], int8 scales[16], f16 d.
+        const uint8_t* b = row + size_t(u >> 2) * 210;
+        const int h = (u >> 1) & 1, p = u & 1;
+        load_a2<8>(b + 64 * h + 32 * p, r.q);
+        load_a2<8>(b + 128 + 32 * h, r.h);
+        load_a2<2>(b + 192 + 8 * h, r.s);
+        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b + 208));
+    }
+}
+
+// The dot product of unit u's weights (loaded in r) with the input blocks A (a[0..7], da)
+// and, for 64-element units, B (a[8..15], db); da/db = (d, d * sum q) of those blocks.
+template <TensorType T>
+__device__ __forceinline__ float unit_dot(const UnitRaw& r, int u, const int a[16], float2 da, float2 db) {
+    constexpr uint32_t m4 = 0x0F0F0F0Fu;
+    if constexpr (T == TensorType::Q8_0) {
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s = __dp4a(int(r.q[i]), a[i], s);
+        return h2f_lo(r.s[3]) * da.x * float(s);
+    } else if constexpr (T == TensorType::Q4_0 || T == TensorType::Q4_1 || T == TensorType::Q5_0 ||
+                         T == TensorType::Q5_1) {
+        constexpr bool five = T == TensorType::Q5_0 || T == TensorType::Q5_1;
+        constexpr bool has_min = T == TensorType::Q4_1 || T == TensorType::Q5_1;
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            // byte j of word i: element 4i + j (low nibble) and 16 + 4i + j (high nibble)
+            uint32_t lo = r.q[i] & m4, hi = (r.q[i] >> 4) & m4;
+            if constexpr (five) {
+                lo |= spread4(r.h[0] >> (4 * i));
+                hi |= spread4(r.h[0] >> (4 * i + 16));
+            }
+            s = __dp4a(int(lo), a[i], s);
+            s = __dp4a(int(hi), a[i + 4], s);
+        }
+        const float d = h2f_lo(r.s[3]);
+        if constexpr (has_min) return d * da.x * float(s) + h2f_hi(r.s[3]) * da.y;
+        else return d * (da.x * float(s) - (five ? 16.0f : 8.0f) * da.y);
+    } else if constexpr (T == TensorType::Q4_K || T == TensorType::Q5_K) {
+        constexpr bool q5 = T == TensorType::Q5_K;
+        const int p = u & 3;
+        // 6-bit scales and mins of sub-blocks 2p and 2p + 1: bytes 2(p & 1), +1 of each header word.
+        const int sh = 16 * (p & 1);
+        const uint32_t b0 = (r.s[0] >> sh) & 0xFFFFu, b1 = (r.s[1] >> sh) & 0xFFFFu, b2 = (r.s[2] >> sh) & 0xFFFFu;
+        int sc0, sc1, m0, m1;
+        if (p < 2) {
+            sc0 = b0 & 63; sc1 = (b0 >> 8) & 63;
+            m0 = b1 & 63; m1 = (b1 >> 8) & 63;
+        } else {
+            sc0 = (b2 & 0xF) | (((b0 >> 6) & 3) << 4);
+            sc1 = ((b2 >> 8) & 0xF) | (((b0 >> 14) & 3) << 4);
+            m0 = ((b2 >> 4) & 0xF) | (((b1 >> 6) & 3) << 4);
+            m1 = ((b2 >> 12) & 0xF) | (((b1 >> 14) & 3) << 4);
+        }
+        int s0 = 0, s1 = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            uint32_t lo = r.q[i] & m4, hi = (r.q[i] >> 4) & m4;
+            if constexpr (q5) {
+                lo |= ((r.h[i] >> (2 * p)) & 0x01010101u) << 4;
+                hi |= ((r.h[i] >> (2 * p + 1)) & 0x01010101u) << 4;
+            }
+            s0 = __dp4a(int(lo), a[i], s0);
+            s1 = __dp4a(int(hi), a[i + 8], s1);
+        }
+        const float d = h2f_lo(r.s[3]), dmin = h2f_hi(r.s[3]);
+        return d * (float(sc0) * da.x * float(s0) + float(sc1) * db.x * float(s1)) -
+               dmin * (float(m0) * da.y + float(m1) * db.y);
+    } else if constexpr (T == TensorType::Q6_K) {
+        const int p = u & 1;
+        // Chunk p: low nibbles of ql, bits 2p of qh; chunk p + 2: high nibbles, bits 2p + 4.
+        int sa0 = 0, sa1 = 0, sb0 = 0, sb1 = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint32_t va = __vsub4((r.q[i] & m4) | (((r.h[i] >> (2 * p)) & 0x03030303u) << 4), 0x20202020u);
+            const uint32_t vb =
+                __vsub4(((r.q[i] >> 4) & m4) | (((r.h[i] >> (2 * p + 4)) & 0x03030303u) << 4), 0x20202020u);
+            if (i < 4) {
+                sa0 = __dp4a(int(va), a[i], sa0);
+                sb0 = __dp4a(int(vb), a[i + 8], sb0);
+            } else {
+                sa1 = __dp4a(int(va), a[i], sa1);
+                sb1 = __dp4a(int(vb), a[i + 8], sb1);
+            }
+        }
+        // int8 scales of the 16-element halves: chunk p at bytes 2p, 2p + 1; chunk p + 2 at 2p + 4, 2p + 5.
+        const uint32_t ca = r.s[0] >> (16 * p), cb = r.s[1] >> (16 * p);
+        const float d = h2f_lo(r.s[3]);
+        return d * (da.x * float(int(int8_t(ca & 0xFF)) * sa0 + int(int8_t((ca >> 8) & 0xFF)) * sa1) +
+                     db.x * float(int(int8_t(cb & 0xFF)) * sb0 + int(int8_t((cb >> 8) & 0xFF)) * sb1));
+    }
+    return 0.0f;
+}
+
+struct Q8Params {
+    MatvecJob jobs[kMaxMatvecJobs];
+    int group_end[kMaxMatvecJobs];  // exclusive prefix sums of the jobs' row pairs (SwiGLU: of N)
+    int n_jobs;
+    int K;
+    int wpg;  // warps per row pair: 1, 2 or 4 (long rows)
+    const int8_t* aq;
+    const float2* ads;
+    float* swiglu_out;
+    // SwiGLU output also quantized (for the down projection): the warp that writes the last
+    // of a block's 32 values (counted in cnt, which it then resets to 0) quantizes the block.
+    int8_t* sw_qs;
+    float2* sw_ds;
+    int* cnt;
+};
+
+// A warp's (part of the) dot products of two weight rows with the quantized input.
+template <TensorType T>
+__device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const uint8_t* __restrict__ r1, int K,
+                                        const int8_t* __restrict__ aq, const float2* __restrict__ ads, int first,
+                                        int stride, float acc[2]) {
+    constexpr int E = Q8Unit<T>::elems;
+    const int U = K / E;
+    for (int u = first; u < U; u += stride) {
+        UnitRaw w0, w1;
+        unit_load<T>(r0, u, w0);
+        unit_load<T>(r1, u, w1);
+        int A, B;
+        unit_blocks<T>(u, A, B);
+        int a[16];
+        const int4* pa = reinterpret_cast<const int4*>(aq + 32 * A);
+        const int4 x0 = __ldg(pa), x1 = __ldg(pa + 1);
+        a[0] = x0.x; a[1] = x0.y; a[2] = x0.z; a[3] = x0.w; a[4] = x1.x; a[5] = x1.y; a[6] = x1.z; a[7] = x1.w;
+        const float2 da = __ldg(ads + A);
+        float2 db = da;
+        if constexpr (E == 64) {
+            const int4* pb = reinterpret_cast<const int4*>(aq + 32 * B);
+            const int4 y0 = __ldg(pb), y1 = __ldg(pb + 1);
+            a[8] = y0.x; a[9] = y0.y; a[10] = y0.z; a[11] = y0.w; a[12] = y1.x; a[13] = y1.y; a[14] = y1.z; a[15] = y1.w;
+            db = __ldg(ads + B);
+        } else {
+#pragma unroll
+            for (int i = 8; i < 16; ++i) a[i] = 0;
+        }
+        acc[0] += unit_dot<T>(w0, u, a, da, db);
+        acc[1] += unit_dot<T>(w1, u, a, da, db);
+    }
+}
+
+// FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
+// resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
+template <bool SWIGLU, TensorType FIXED>
+__global__ void __launch_bounds__(kQ8Warps * 32) matvec_q8_kernel(const Q8Params p) {
+    const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wpg = p.wpg;
+    const int gib = wi / wpg, sub = wi - gib * wpg;
+    const int group = blockIdx.x * (kQ8Warps / wpg) + gib;
+
+    int j = 0;
+    while (j < p.n_jobs && group >= p.group_end[j]) ++j;
+    const bool live = j < p.n_jobs && !(SWIGLU && j > 0);
+    int n0 = 0;
+    const uint8_t* r0 = nullptr;
+    const uint8_t* r1 = nullptr;
+    TensorType type = TensorType::F32;
+    if (live) {
+        if (SWIGLU) {
+            const QMatrix& g = p.jobs[0].w;
+            const QMatrix& u = p.jobs[1].w;
+            n0 = group;
+            r0 = g.data + size_t(n0) * g.row_bytes;
+            r1 = u.data + size_t(n0) * u.row_bytes;
+            type = g.type;
+        } else {
+            const QMatrix& m = p.jobs[j].w;
+            n0 = 2 * (group - (j ? p.group_end[j - 1] : 0));
+            r0 = m.data + size_t(n0) * m.row_bytes;
+            // An odd last row is computed twice (so that no branch separates the two rows' loads).
+            r1 = n0 + 1 < m.N ? r0 + m.row_bytes : r0;
+            type = m.type;
+        }
+    }
+    float acc[2] = {0.0f, 0.0f};
+    if (live && FIXED != TensorType::F32) {
+        rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED>(r0, r1, p.K, p.aq, p.ads, lane + 32 * sub,
+                                                                   32 * wpg, acc);
+    } else if (live) {
+        const int first = lane + 32 * sub, stride = 32 * wpg;
+#define MN_CASE(T) \
+    case T: rows_q8<T>(r0, r1, p.K, p.aq, p.ads, first, stride, acc); break;
+        switch (type) {
+            MN_CASE(TensorType::Q4_0)
+            MN_CASE(TensorType::Q4_1)
+            MN_CASE(TensorType::Q5_0)
+            MN_CASE(TensorType::Q5_1)
+            MN_CASE(TensorType::Q8_0)
+            MN_CASE(TensorType::Q4_K)
+            MN_CASE(TensorType::Q5_K)
+            MN_CASE(TensorType::Q6_K)
+            default: break;  // the launcher only sends these types
+        }
+#undef MN_CASE
+    }
+    acc[0] = warp_sum_f(acc[0]);
+    acc[1] = warp_sum_f(acc[1]);
+    if (wpg > 1) {
+        __shared__ float red[kQ8Warps][2];
+        if (lane == 0) {
+            red[wi][0] = acc[0];
+            red[wi][1] = acc[1];
+        }
+        __syncthreads();
+        if (sub == 0) {
+            for (int w = 1; w < wpg; ++w) {
+                acc[0] += red[wi + w][0];
+                acc[1] += red[wi + w][1];
+            }
+        }
+    }
+    if (!live || sub != 0) return;
+    if (SWIGLU) {
+        const MatvecJob& g = p.jobs[0];
+        const MatvecJob& u = p.jobs[1];
+        const int n = n0;
+        if (lane == 0) {
+            const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
+            const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
+            if (g.out != p.swiglu_out) g.out[n] = gv;
+            u.out[n] = uv;
+            p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
+        }
+        if (p.cnt) {
+            const int c = n >> 5;
+            int old = 0;
+            if (lane == 0) {
+                __threadfence();  // the value above is visible before the count says so
+                old = atomicAdd(p.cnt + c, 1);
+            }
+            old = __shfl_sync(0xffffffffu, old, 0);
+            if (old == 31) {
+                __threadfence();
+                const float v = __ldcg(p.swiglu_out + 32 * c + lane);  // from L2: other SMs wrote them
+                const float amax = warp_max_f(fabsf(v));
+                const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                const int q = __float2int_rn(v * id);
+                const int qsum = __reduce_add_sync(0xffffffffu, q);
+                p.sw_qs[32 * c + lane] = int8_t(q);
+                if (lane == 0) {
+                    p.sw_ds[c] = make_float2(amax / 127.0f, amax / 127.0f * float(qsum));
+                    p.cnt[c] = 0;  // ready for the next launch (graph replays reuse the counters)
+                }
+            }
+        }
+        return;
+    }
+    if (lane != 0) return;
+    {
+        const MatvecJob& job = p.jobs[j];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int n = n0 + r;
+            if (n >= job.w.N) break;
+            const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
+            job.out[n] = v;
+            if (job.residual) job.residual[n] += v;
+        }
+    }
+}
+
+}  // namespace
+
+bool matvec_q8_supported(TensorType t) {
+    switch (t) {
+        case TensorType::Q4_0:
+        case TensorType::Q4_1:
+        case TensorType::Q5_0:
+        case TensorType::Q5_1:
+        case TensorType::Q8_0:
+        case TensorType::Q4_K:
+        case TensorType::Q5_K:
+        case TensorType::Q6_K:
+            return true;
+        default:
+            return false;
+    }
+}
+
+void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
+                        cudaStream_t stream) {
+    if (K < 32 || K % 32 != 0) throw Error("cuda quantize_q8: K must be a positive multiple of 32, got " + std::to_string(K));
+    quantize_q8_kernel<<<(K + kQuantThreads - 1) / kQuantThreads, kQuantThreads, 0, stream>>>(
+        x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
+    MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
+}
+
+void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
+                      Q8Input swiglu_q8, int* counters, cudaStream_t stream) {
+    if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
+    Q8Params p{};
+    int groups = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K)
+            throw Error("cuda matvec_q8: job " + std::to_string(j) + " has an unsupported type or width");
+        p.jobs[j] = jobs[j];
+        groups += swiglu_out ? (j == 0 ? jobs[j].w.N : 0) : (jobs[j].w.N + 1) / 2;
+        p.group_end[j] = groups;
+    }
+    if (swiglu_out && (n_jobs != 2 || jobs[0].w.N != jobs[1].w.N || jobs[0].w.type != jobs[1].w.type))
+        throw Error("cuda matvec_q8: fused SwiGLU needs two products of one height and type");
+    p.n_jobs = n_jobs;
+    p.K = K;
+    p.aq = q8.qs;
+    p.ads = q8.ds;
+    p.swiglu_out = swiglu_out;
+    if (swiglu_out && counters && swiglu_q8.qs && jobs[0].w.N % 32 == 0) {
+        p.sw_qs = swiglu_q8.qs;
+        p.sw_ds = swiglu_q8.ds;
+        p.cnt = counters;
+    }
+    int wpg = warps_per_row;
+    if (wpg <= 0) {
+        // Long rows get several warps, so that enough loads are in flight on few rows.
+        const int blocks32 = K / 32;
+        wpg = blocks32 >= 512 ? 4 : blocks32 >= 256 ? 2 : 1;
+    }
+    if (wpg != 1 && wpg != 2 && wpg != 4) wpg = 1;
+    p.wpg = wpg;
+    const int per_block = kQ8Warps / wpg;
+    const int blocks = (groups + per_block - 1) / per_block;
+    bool one_type = true;
+    for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
+    const TensorType t = one_type ? jobs[0].w.type : TensorType::F32;
+#define MN_LAUNCH(T)                                                                              \
+    if (swiglu_out) matvec_q8_kernel<true, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);           \
+    else matvec_q8_kernel<false, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);
+    switch (t) {
+        case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
+        case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
+        case TensorType::Q5_0: MN_LAUNCH(TensorType::Q5_0) break;
+        case TensorType::Q5_1: MN_LAUNCH(TensorType::Q5_1) break;
+        case TensorType::Q8_0: MN_LAUNCH(TensorType::Q8_0) break;
+        case TensorType::Q4_K: MN_LAUNCH(TensorType::Q4_K) break;
+        case TensorType::Q5_K: MN_LAUNCH(TensorType::Q5_K) break;
+        case TensorType::Q6_K: MN_LAUNCH(TensorType::Q6_K) break;
+        default: MN_LAUNCH(TensorType::F32) break;
+    }
+#undef MN_LAUNCH
+    MN_CUDA_CHECK_LAUNCH("matvec_q8_kernel");
+}
+
+}  // namespace mn::cuda
