@@ -1,3 +1,4 @@
+#include <cmath>
 #include "backend/backend.h"
 
 #include "backend/cpu/cpu_backend.h"
@@ -9,7 +10,8 @@
 
 namespace mn {
 
-void Backend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) {
+void Backend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+                    float* log_sum_exp) {
     if (k < 1 || k > n) throw InvalidArgument("top_k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
     std::vector<float> row(static_cast<size_t>(n));
     read(src, offset, n, row.data());
@@ -26,6 +28,12 @@ void Backend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t
     for (int i = 0; i < k; ++i) {
         ids[i] = order[i];
         vals[i] = row[order[i]];
+    }
+    if (log_sum_exp) {
+        const float m = *std::max_element(row.begin(), row.end());
+        double sum = 0.0;
+        for (float x : row) sum += std::exp(double(x) - double(m));
+        *log_sum_exp = float(double(m) + std::log(sum));
     }
 }
 

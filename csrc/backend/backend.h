@@ -98,8 +98,11 @@ public:
     virtual void begin_step(int rows, int pos0, bool replayable) {}
     virtual void end_step() {}
     // The k largest of the n floats at element `offset` of `src`, in descending order (ties: lower
-    // index first), as indices into that row and values. Default: read the row and select on the host.
-    virtual void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals);
+    // index first), as indices into that row and values, and, if log_sum_exp is not null,
+    // log(sum(exp(row))) (for log-probabilities without the whole row). Default: read the row and
+    // select on the host.
+    virtual void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+                       float* log_sum_exp);
 };
 
 struct BackendOptions {

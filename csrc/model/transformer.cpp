@@ -90,13 +90,13 @@ void Transformer::eval(const int32_t* tokens, int n, float* logits, bool all_log
     }
 }
 
-void Transformer::eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals) {
+void Transformer::eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals, float* log_sum_exp) {
     if (n < 1) throw InvalidArgument("eval needs at least one token");
     const int64_t vocab = weights_.output.ne1;
     if (k < 1 || k > vocab)
         throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab) + "], got " + std::to_string(k));
     check_append(n);
-    const TopK request{k, ids, vals};
+    const TopK request{k, ids, vals, log_sum_exp};
     for (int done = 0; done < n;) {
         const int rows = std::min(options_.max_batch, n - done);
         const bool last_chunk = done + rows == n;
@@ -158,7 +158,7 @@ void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, 
         Buffer normed = rows_of(h_, 0, 1, d);
         be.rms_norm(in, weights_.output_norm, c.rms_eps, 1, d, normed);
         be.matmul(weights_.output, normed, 1, logits_, nullptr);
-        be.top_k(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals);
+        be.top_k(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals, top_k->log_sum_exp);
         be.end_step();
         n_past_ += rows;
         return;

@@ -44,7 +44,9 @@ public:
     // Like eval() for the last token's logits, but returns only the k largest (descending, ties by
     // lower id) as ids and values: a GPU backend selects them on the device, so only 2k numbers
     // cross to the host per token.
-    void eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals);
+    // log_sum_exp (nullable): log(sum(exp(logits))) of the same row, so callers get
+    // log-probabilities of the returned tokens without the vocabulary-sized row.
+    void eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals, float* log_sum_exp = nullptr);
 
     int n_past() const { return n_past_; }
     int n_ctx() const { return options_.n_ctx; }
@@ -60,6 +62,7 @@ private:
         int k;
         int32_t* ids;
         float* vals;
+        float* log_sum_exp;  // nullable
     };
     void forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits, HiddenCapture* capture,
                        const TopK* top_k = nullptr);

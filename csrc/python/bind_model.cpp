@@ -59,7 +59,7 @@ public:
     }
 
     py::object eval(py::array_t<int64_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits,
-                    bool capture_hidden, int top_k) {
+                    bool capture_hidden, int top_k, bool logsumexp) {
         if (tokens.ndim() != 1) throw InvalidArgument("tokens must be a 1-D sequence of token ids");
         const int64_t n = tokens.shape(0);
         if (n == 0) throw InvalidArgument("tokens is empty");
@@ -73,6 +73,7 @@ public:
         }
         if (top_k != 0 && (all_logits || capture_hidden))
             throw InvalidArgument("top_k cannot be combined with all_logits or capture_hidden");
+        if (logsumexp && top_k == 0) throw InvalidArgument("logsumexp needs top_k >= 1");
         if (top_k < 0 || top_k > vocab_)
             throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab_) + "] (or 0 for all logits), got " +
                                   std::to_string(top_k));
@@ -84,10 +85,12 @@ public:
             py::array_t<float> vals(top_k);
             int32_t* ip = ids.mutable_data();
             float* vp = vals.mutable_data();
+            float lse = 0.0f;
             {
                 py::gil_scoped_release nogil;
-                t.eval_top_k(tok.data(), int(n), top_k, ip, vp);
+                t.eval_top_k(tok.data(), int(n), top_k, ip, vp, logsumexp ? &lse : nullptr);
             }
+            if (logsumexp) return py::make_tuple(std::move(ids), std::move(vals), lse);
             return py::make_tuple(std::move(ids), std::move(vals));
         }
         py::array_t<float> logits(all_logits ? std::vector<py::ssize_t>{py::ssize_t(n), py::ssize_t(vocab_)}
@@ -157,7 +160,7 @@ void bind_model(py::module_& m) {
              py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("backend") = "auto",
              py::arg("kv_type") = "f16", py::arg("isa") = "auto", py::arg("max_batch") = 256, py::arg("activations") = "q8")
         .def("eval", &ModelHandle::eval, py::arg("tokens"), py::arg("all_logits") = false,
-             py::arg("capture_hidden") = false, py::arg("top_k") = 0)
+             py::arg("capture_hidden") = false, py::arg("top_k") = 0, py::arg("logsumexp") = false)
         .def("reset", [](ModelHandle& h) { auto l = h.acquire(); h.get().reset(); })
         .def("truncate",
              [](ModelHandle& h, int n) {

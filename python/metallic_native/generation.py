@@ -78,7 +78,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .sampling import (DEFAULT_PENALTY_LAST_N, _check_int, apply_logits_processors,
+from .sampling import (DEFAULT_PENALTY_LAST_N, Sampler, _check_int, apply_logits_processors,
                        make_logits_processors, make_sampler, token_logprob)
 
 DEFAULT_MAX_TOKENS = 256
@@ -90,6 +90,9 @@ DEFAULT_MIN_P = 0.05
 # OpenAI caps top_logprobs at 20; more would only cost time per token.
 MAX_TOP_LOGPROBS = 20
 
+# Largest top-k the engines select on the device (CUDA's top-k kernel); greedy generation
+# with more top_logprobs than this reads the whole logits row instead.
+MAX_DEVICE_TOP_K = 64
 # Prompt tokens per eval() call when every position's logits are needed (echo + logprobs):
 # bounds the [n, vocab] float32 array (64 x 151,936 x 4 B = 39 MB).
 _PROMPT_LOGITS_CHUNK = 64
@@ -334,11 +337,24 @@ def _generate(engine, prompt, decoder, eot_ids, max_tokens, matcher, sampler, pr
     history = list(prompt)
     n_gen = 0
     decoded_chars = 0  # characters the decoder has produced so far
+    # Greedy decoding needs only the best token and, for the log-probabilities, the
+    # top few logits and the row's log-sum-exp: the engine selects those where the
+    # logits are (on a GPU, so a step moves a few numbers instead of the vocabulary).
+    greedy_top = max(1, top_logprobs)
+    greedy = (isinstance(sampler, Sampler) and sampler.temperature == 0 and not processors
+              and greedy_top <= MAX_DEVICE_TOP_K)
+    selected = None  # (ids, values, lse) of the last step when `greedy`, else None
     while True:
-        scores = apply_logits_processors(processors, history, logits) if processors else logits
-        tok = int(sampler(scores))
+        if selected is None:
+            scores = apply_logits_processors(processors, history, logits) if processors else logits
+            tok = int(sampler(scores))
+            lp, top = token_logprob(logits, tok, top_logprobs)
+        else:
+            ids, vals, lse = selected
+            tok = int(ids[0])
+            lp = float(vals[0]) - lse
+            top = [(int(i), float(v) - lse) for i, v in zip(ids[:top_logprobs], vals[:top_logprobs])]
         n_gen += 1
-        lp, top = token_logprob(logits, tok, top_logprobs)
         history.append(tok)
         offset = decoded_chars
         finish = None
@@ -370,7 +386,10 @@ def _generate(engine, prompt, decoder, eot_ids, max_tokens, matcher, sampler, pr
         if finish:
             return
         try:
-            logits = engine.eval([tok])
+            if greedy:
+                selected = engine.eval([tok], top_k=greedy_top, logsumexp=True)
+            else:
+                logits = engine.eval([tok])
         except BaseException:
             cache.invalidate(engine)
             raise

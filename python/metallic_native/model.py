@@ -146,7 +146,7 @@ class Model(GenerationMixin):
 
     # ---- compute -----------------------------------------------------------------------------
     def eval(self, tokens: Sequence[int] | np.ndarray, *, all_logits: bool = False,
-             capture_hidden: bool = False, top_k: int = 0):
+             capture_hidden: bool = False, top_k: int = 0, logsumexp: bool = False):
         """Appends tokens to the cache and returns float32 logits.
 
         Returns the last position's logits [vocab], or every position's [n, vocab]
@@ -156,7 +156,10 @@ class Model(GenerationMixin):
         With top_k=K > 0 returns (ids, logits) of the last position's K largest
         logits in descending order (ties: lower id first), int32 and float32
         arrays of length K; on a GPU they are selected there, so only 2K numbers
-        cross to the host (top_k=1 is greedy decoding).
+        cross to the host (top_k=1 is greedy decoding). With logsumexp=True as
+        well, returns (ids, logits, lse) where lse = log(sum(exp(all logits))) of
+        that position, computed where the logits are: logits - lse are the
+        tokens' log-probabilities.
         """
         arr = np.asarray(tokens)
         if arr.ndim == 0:
@@ -168,7 +171,8 @@ class Model(GenerationMixin):
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
         self._forget_prefix_record()
-        return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden, int(top_k))
+        return self._native.eval(arr.astype(np.int64, copy=False), all_logits, capture_hidden, int(top_k),
+                                 bool(logsumexp))
 
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -121,16 +121,21 @@ def test_top_k_on_device_matches_full_logits(tmp_path):
             full = a.eval([t])
             for k in (1, 40):
                 b.truncate(step)
-                ids, vals = b.eval([t], top_k=k)
+                ids, vals, lse = b.eval([t], top_k=k, logsumexp=True)
                 assert ids.dtype == np.int32 and vals.dtype == np.float32 and len(ids) == k
                 order = np.lexsort((np.arange(len(full)), -full))[:k]
                 np.testing.assert_array_equal(ids, order)
                 np.testing.assert_array_equal(vals, full[order])
+                # The row's log-sum-exp, reduced on the device, against float64 on the host.
+                x = full.astype(np.float64)
+                assert abs(lse - (x.max() + np.log(np.exp(x - x.max()).sum()))) < 1e-5 * max(1.0, abs(lse))
         # More than the device selection handles: the host path, same contract.
         b.truncate(len(tokens) - 1)
-        ids, vals = b.eval([tokens[-1]], top_k=100)
+        ids, vals, lse = b.eval([tokens[-1]], top_k=100, logsumexp=True)
         order = np.lexsort((np.arange(len(full)), -full))[:100]
         np.testing.assert_array_equal(ids, order)
+        x = full.astype(np.float64)
+        assert abs(lse - (x.max() + np.log(np.exp(x - x.max()).sum()))) < 1e-5 * max(1.0, abs(lse))
         with pytest.raises(ValueError):
             b.eval([1], top_k=1, all_logits=True)
 

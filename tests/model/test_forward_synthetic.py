@@ -159,3 +159,27 @@ def test_odd_widths_match_numpy_reference(tmp_path, wtype):
             got = m.eval(tokens, all_logits=True)
         for pos in range(len(tokens)):
             assert cosine(got[pos], expected[pos]) > 0.9999, (isa, pos)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64, 100])
+def test_top_k_and_log_sum_exp_match_the_full_logits(tmp_path, k):
+    # k <= 64: the CPU backend's one-pass selection; 100: the generic sort.
+    path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0")
+    with Model(path, n_ctx=16, backend="cpu") as m:
+        full = m.eval([3, 4])
+        m.truncate(1)
+        ids, vals, lse = m.eval([4], top_k=k, logsumexp=True)
+        m.truncate(1)
+        ids2, vals2 = m.eval([4], top_k=k)
+    order = np.lexsort((np.arange(len(full)), -full))[:k]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_array_equal(vals, full[order])
+    np.testing.assert_array_equal(ids2, ids)
+    x = full.astype(np.float64)
+    assert abs(lse - (x.max() + np.log(np.exp(x - x.max()).sum()))) < 1e-5 * max(1.0, abs(lse))
+    with pytest.raises(ValueError, match="logsumexp needs top_k"):
+        m2 = Model(path, n_ctx=16, backend="cpu")
+        try:
+            m2.eval([1], logsumexp=True)
+        finally:
+            m2.close()

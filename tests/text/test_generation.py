@@ -6,6 +6,7 @@ so these tests need neither the native engine nor a model file.
 """
 
 import codecs
+import math
 import re
 
 import numpy as np
@@ -91,12 +92,13 @@ class FakeModel(GenerationMixin):
         self.tokenizer = ByteTokenizer()
         self.chat_template = FakeTemplate()
         self.fail_at_eval = None
+        self.top_k_calls = 0
 
     @property
     def n_past(self):
         return len(self.kv)
 
-    def eval(self, tokens, all_logits=False):
+    def eval(self, tokens, all_logits=False, top_k=0, logsumexp=False):
         tokens = [int(t) for t in tokens]
         assert tokens, "eval of no tokens"
         if len(self.kv) + len(tokens) > self.n_ctx:
@@ -109,6 +111,13 @@ class FakeModel(GenerationMixin):
         for t in tokens:
             self.kv.append(t)
             rows.append(np.asarray(self.logits_fn(self.kv), dtype=np.float32))
+        if top_k:  # the engines' selection contract: descending, ties to the lower id
+            last = rows[-1]
+            self.top_k_calls += 1
+            ids = np.lexsort((np.arange(len(last)), -last))[:top_k].astype(np.int32)
+            m = float(last.max())
+            lse = m + math.log(float(np.exp(last.astype(np.float64) - m).sum()))
+            return (ids, last[ids], lse) if logsumexp else (ids, last[ids])
         return np.stack(rows) if all_logits else rows[-1]
 
     def reset(self):
@@ -595,3 +604,30 @@ def test_chat_stream_flag_and_no_template():
     m.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         m.chat([{"role": "user", "content": "x"}])
+
+
+def test_greedy_steps_use_the_engines_top_k_and_match_the_full_logits():
+    # Greedy decoding asks the engine for the top few logits and the row's
+    # log-sum-exp (selected on the device on a GPU) instead of the whole row; the
+    # tokens, log-probabilities and top_logprobs must equal the full-row computation.
+    rng = np.random.default_rng(5)
+    table = rng.normal(0.0, 2.0, size=(VOCAB, VOCAB)).astype(np.float32)
+
+    def logits_fn(kv):
+        return table[kv[-1] % VOCAB] + 0.01 * len(kv)
+
+    m = FakeModel(logits_fn)
+    prompt = list(b"greedy")
+    rs = list(m._stream_tokens(prompt, max_tokens=12, temperature=0, top_logprobs=3))
+    assert m.top_k_calls == len(rs) - 1  # every step after the prefill
+    kv = list(prompt)
+    for r in rs:
+        x = logits_fn(kv)
+        tok = int(np.argmax(x))
+        lse = float(np.log(np.exp(x.astype(np.float64) - x.max()).sum()) + x.max())
+        assert r.token == tok
+        assert abs(r.logprob - (x[tok] - lse)) < 1e-4
+        want = np.lexsort((np.arange(VOCAB), -x))[:3]
+        assert [i for i, _ in r.top_logprobs] == [int(i) for i in want]
+        np.testing.assert_allclose([v for _, v in r.top_logprobs], x[want] - lse, atol=1e-4)
+        kv.append(tok)

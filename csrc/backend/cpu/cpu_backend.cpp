@@ -290,4 +290,38 @@ void CpuBackend::copy_rows(const Buffer& src, int src_row, int rows, int width, 
     std::memcpy(dst.f32(), src.f32() + int64_t(src_row) * width, size_t(rows) * width * sizeof(float));
 }
 
+void CpuBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+                       float* log_sum_exp) {
+    if (k < 1 || k > n) throw InvalidArgument("top_k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+    if (k > 64) {  // large k: the generic sort
+        Backend::top_k(src, offset, n, k, ids, vals, log_sum_exp);
+        return;
+    }
+    // One pass keeping the k best in a small sorted list: a later index only
+    // enters past equal values, so ties keep the lower index first; NaN never enters.
+    const float* x = src.f32() + offset;
+    int count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        if (!(v == v) || (count == k && !(v > vals[k - 1]))) continue;
+        int pos = count < k ? count++ : k - 1;
+        while (pos > 0 && vals[pos - 1] < v) {
+            vals[pos] = vals[pos - 1];
+            ids[pos] = ids[pos - 1];
+            --pos;
+        }
+        vals[pos] = v;
+        ids[pos] = int32_t(i);
+    }
+    if (count < k) {  // fewer than k numbers (NaNs in the row): the generic path orders those too
+        Backend::top_k(src, offset, n, k, ids, vals, log_sum_exp);
+        return;
+    }
+    if (log_sum_exp) {
+        float m = -INFINITY;
+        for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+        *log_sum_exp = m + std::log(vec::exp_sum_of(x, m, n));
+    }
+}
+
 }  // namespace mn

@@ -41,6 +41,8 @@ public:
     void swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) override;
     void add(Buffer& x, const Buffer& y, int64_t n) override;
     void copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) override;
+    void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+               float* log_sum_exp) override;
 
 private:
     // Prefill on AVX-512 VNNI: weight bands unpacked to panels (quant/panel_gemm.h).

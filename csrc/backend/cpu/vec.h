@@ -5,6 +5,7 @@
 // instead (quant/dot.h).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -122,6 +123,23 @@ inline float exp_sum(float* x, float shift, int n) {
         x[i] = std::exp(x[i] - shift);
         sum += x[i];
     }
+    return sum;
+}
+
+// sum of e^(x[i] - shift), x left as it is; accumulated in float per lane, then in double.
+inline double exp_sum_of(const float* x, float shift, int64_t n) {
+    int64_t i = 0;
+    double sum = 0.0;
+#if MN_VEC_AVX2
+    const __m256 s = _mm256_set1_ps(shift);
+    while (i + 8 <= n) {
+        __m256 acc = _mm256_setzero_ps();
+        const int64_t end = std::min<int64_t>(n, i + 4096) / 8 * 8;  // bounded float partial sums
+        for (; i < end; i += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(load8(x + i), s)));
+        sum += hsum(acc);
+    }
+#endif
+    for (; i < n; ++i) sum += std::exp(double(x[i]) - shift);
     return sum;
 }
 

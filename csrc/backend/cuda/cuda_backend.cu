@@ -65,6 +65,9 @@ struct Sig {
     Sig& add(const void* p) { return add(uint64_t(reinterpret_cast<uintptr_t>(p))); }
 };
 
+// Top-k results staged for the host: 64 ids, 64 values, the log-sum-exp.
+constexpr int kTopkResultWords = 129;
+
 class CudaBackend final : public Backend {
 public:
     explicit CudaBackend(const BackendOptions& options);
@@ -91,7 +94,8 @@ public:
 
     void begin_step(int rows, int pos0, bool replayable) override;
     void end_step() override;
-    void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) override;
+    void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+               float* log_sum_exp) override;
 
 private:
     enum class Mode { Eager, Capture, Replay };
@@ -127,7 +131,7 @@ private:
     int32_t* h_ids_ = nullptr;
     int32_t* d_ids_ = nullptr;
     int ids_capacity_ = 0;
-    int32_t* h_topk_ = nullptr;  // 64 ids then 64 floats
+    int32_t* h_topk_ = nullptr;  // 64 ids, 64 floats, then the row's log-sum-exp
     void* d_topk_ = nullptr;
     void* d_topk_scratch_ = nullptr;
     size_t topk_scratch_bytes_ = 0;
@@ -212,9 +216,9 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_SWIGLU_Q8")) swiglu_q8_ = std::string(q) == "1";
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_THREAD_PER_KEY")) attn_thread_per_key_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
-    MN_CUDA_CHECK(cudaMallocHost(&h_topk_, 128 * sizeof(int32_t)));
+    MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
-    d_topk_ = device_alloc(128 * sizeof(int32_t), "top-k results");
+    d_topk_ = device_alloc(kTopkResultWords * sizeof(int32_t), "top-k results");
     ensure_ids(256);
 }
 
@@ -638,10 +642,11 @@ void CudaBackend::read(const Buffer& src, int64_t offset, int64_t n, float* dst)
     staging_in_use_ = false;
 }
 
-void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals) {
+void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+                        float* log_sum_exp) {
     if (k < 1 || k > n) throw InvalidArgument("top_k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
     if (k > 64) {
-        Backend::top_k(src, offset, n, k, ids, vals);  // through read(): the host selects
+        Backend::top_k(src, offset, n, k, ids, vals, log_sum_exp);  // through read(): the host selects
         return;
     }
     if (mode_ == Mode::Capture || mode_ == Mode::Replay) {
@@ -660,12 +665,15 @@ void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int
     }
     int32_t* d_ids = static_cast<int32_t*>(d_topk_);
     float* d_vals = reinterpret_cast<float*>(d_ids + 64);
-    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, stream_);
-    MN_CUDA_CHECK(cudaMemcpyAsync(h_topk_, d_topk_, 128 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    float* d_lse = d_vals + 64;
+    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, d_lse, stream_);
+    MN_CUDA_CHECK(cudaMemcpyAsync(h_topk_, d_topk_, kTopkResultWords * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                  stream_));
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
     staging_in_use_ = false;
     std::memcpy(ids, h_topk_, sizeof(int32_t) * k);
     std::memcpy(vals, h_topk_ + 64, sizeof(float) * k);
+    if (log_sum_exp) std::memcpy(log_sum_exp, h_topk_ + 128, sizeof(float));
 }
 
 void CudaBackend::synchronize() {

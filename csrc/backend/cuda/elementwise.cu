@@ -114,6 +114,7 @@ int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads
 constexpr int kRopeThreads = 128;
 constexpr int kTopkThreads = 256;
 constexpr int kTopkBlocks = 128;
+static_assert(kTopkBlocks <= kTopkThreads, "stage 2 combines one slice per thread");
 
 struct Cand {
     float v;
@@ -165,12 +166,43 @@ __device__ void select_k(float* vals, const int* idx, int len, int k, float* out
     }
 }
 
-__global__ void topk_stage1(const float* x, int64_t n, int k, int slice, float* cand_v, int* cand_i) {
+// Block-wide reduction of one float per thread (op: max or sum); every thread gets the result.
+template <bool Max>
+__device__ float block_reduce(float v) {
+    __shared__ float part[kTopkThreads / 32];
+    for (int o = 16; o > 0; o /= 2) {
+        const float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = Max ? fmaxf(v, u) : v + u;
+    }
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[0];
+    for (int w = 1; w < kTopkThreads / 32; ++w) v = Max ? fmaxf(v, part[w]) : v + part[w];
+    __syncthreads();  // part is reused by the next call
+    return v;
+}
+
+__global__ void topk_stage1(const float* x, int64_t n, int k, int slice, float* cand_v, int* cand_i,
+                            float* block_max, float* block_sum) {
     extern __shared__ float sv[];
     const int64_t start = int64_t(blockIdx.x) * slice;
     const int64_t left = n - start;
     const int len = left <= 0 ? 0 : (left < slice ? int(left) : slice);
-    for (int j = threadIdx.x; j < len; j += kTopkThreads) sv[j] = x[start + j];
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < len; j += kTopkThreads) {
+        sv[j] = x[start + j];
+        m = fmaxf(m, sv[j]);
+    }
+    // The slice's max and sum(exp(x - max)), combined over the slices in stage 2.
+    m = block_reduce<true>(m);
+    float s = 0.0f;
+    if (m != -INFINITY)
+        for (int j = threadIdx.x; j < len; j += kTopkThreads) s += expf(sv[j] - m);
+    s = block_reduce<false>(s);
+    if (threadIdx.x == 0) {
+        block_max[blockIdx.x] = m;
+        block_sum[blockIdx.x] = s;
+    }
     __syncthreads();
     __shared__ float ov[64];
     __shared__ int oi[64];
@@ -181,7 +213,14 @@ __global__ void topk_stage1(const float* x, int64_t n, int k, int slice, float* 
     }
 }
 
-__global__ void topk_stage2(float* cand_v, const int* cand_i, int n_cand, int k, int32_t* ids, float* vals) {
+__global__ void topk_stage2(float* cand_v, const int* cand_i, int n_cand, int k, int32_t* ids, float* vals,
+                            const float* block_max, const float* block_sum, float* lse) {
+    // log(sum exp) over all slices first (select_k below overwrites cand_v, not these).
+    const float bm = threadIdx.x < kTopkBlocks ? block_max[threadIdx.x] : -INFINITY;
+    const float m = block_reduce<true>(bm);
+    const float s = block_reduce<false>(threadIdx.x < kTopkBlocks && bm != -INFINITY
+                                            ? block_sum[threadIdx.x] * expf(bm - m) : 0.0f);
+    if (threadIdx.x == 0) *lse = m + logf(s);
     __shared__ float ov[64];
     __shared__ int oi[64];
     select_k(cand_v, cand_i, n_cand, k, ov, oi);
@@ -237,9 +276,11 @@ void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* 
     MN_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
-size_t topk_scratch_bytes(int64_t n, int k) { return size_t(kTopkBlocks) * k * (sizeof(float) + sizeof(int)); }
+size_t topk_scratch_bytes(int64_t n, int k) {
+    return size_t(kTopkBlocks) * k * (sizeof(float) + sizeof(int)) + 2 * size_t(kTopkBlocks) * sizeof(float);
+}
 
-void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out,
+void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
                  cudaStream_t stream) {
     if (k < 1 || k > 64) throw InvalidArgument("top_k must be in [1, 64], got " + std::to_string(k));
     const int slice = int((n + kTopkBlocks - 1) / kTopkBlocks);
@@ -247,9 +288,12 @@ void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_o
     if (smem > 48 * 1024) throw Error("cuda top-k: vocabulary too large (" + std::to_string(n) + ")");
     float* cand_v = static_cast<float*>(scratch);
     int* cand_i = reinterpret_cast<int*>(cand_v + kTopkBlocks * k);
-    topk_stage1<<<kTopkBlocks, kTopkThreads, smem, stream>>>(x, n, k, slice, cand_v, cand_i);
+    float* block_max = reinterpret_cast<float*>(cand_i + kTopkBlocks * k);
+    float* block_sum = block_max + kTopkBlocks;
+    topk_stage1<<<kTopkBlocks, kTopkThreads, smem, stream>>>(x, n, k, slice, cand_v, cand_i, block_max, block_sum);
     MN_CUDA_CHECK_LAUNCH("topk_stage1");
-    topk_stage2<<<1, kTopkThreads, 0, stream>>>(cand_v, cand_i, kTopkBlocks * k, k, ids_out, vals_out);
+    topk_stage2<<<1, kTopkThreads, 0, stream>>>(cand_v, cand_i, kTopkBlocks * k, k, ids_out, vals_out, block_max,
+                                                block_sum, lse_out);
     MN_CUDA_CHECK_LAUNCH("topk_stage2");
 }
 

@@ -122,9 +122,10 @@ constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 
-// ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending. ----
+// ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and
+// log(sum(exp(x))) of the whole row into *lse_out. ----
 size_t topk_scratch_bytes(int64_t n, int k);
-void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out,
+void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
                  cudaStream_t stream);
 
 }  // namespace mn::cuda
