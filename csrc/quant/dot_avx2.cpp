@@ -126,42 +126,52 @@ void drive(int64_t n, const void* w, size_t w_row_bytes, int nr, const void* a, 
 #define MN_DOT(W, A, BS, K) drive<W, A, BS, K<1>, K<2>, K<3>, K<4>>
 
 // ---------------------------------------------------------------------------
-// Decode (nc = 1) fast path for the 32-element formats: 4 blocks per step, their
-// int32 sums folded into one vector by horizontal adds, so the scale math
-// (fp16 -> float, d_w * d_a, int -> float, FMA and the offset/minimum term) runs
-// once per 4 blocks instead of per block. Returns the number of blocks done.
+// Decode fast path (nc = 1, and nc = 2 for two-level activations) for the
+// 32-element formats: 4 blocks per step, their int32 sums folded into one
+// vector by horizontal adds, so the scale math (fp16 -> float, d_w * d_a, int
+// -> float, FMA and the offset/minimum term) runs once per 4 blocks instead of
+// per block. Returns the number of blocks done.
 // Extra: 0 none; 1 accm += d_w * as[2b + 1] (offset formats); 2 accm += m_w * as[2b + 1] (Q8_1 s).
 // ---------------------------------------------------------------------------
-template <typename W, __m256i (*Decode)(const W&)>
-inline __m256i q_us_dot(const W& w, const int8_t* a) { return dot_us(Decode(w), load256(a)); }
-inline __m256i q8_ss_dot(const BlockQ8_0& w, const int8_t* a) { return dot_ss(load256(w.qs), load256(a)); }
-
 template <typename W>
 inline __m128 four_halves(const W* w, uint16_t W::*field) {
     return _mm_cvtph_ps(_mm_setr_epi16(short(w[0].*field), short(w[1].*field), short(w[2].*field),
                                        short(w[3].*field), 0, 0, 0, 0));
 }
 
-template <typename W, typename A, __m256i (*BlockDot)(const W&, const int8_t*), int Extra>
-int64_t by4_nc1(int64_t nb, const W* w, const A* a, const float* as, __m256& acc, float& accm) {
-    __m128 accm4 = _mm_setzero_ps();
+// NC activation rows (decode: 1; two-level decode: 2). Each weight block is
+// decoded once for all NC rows.
+template <int NC, typename W, typename A, __m256i (*Decode)(const W&), bool Signed, int Extra>
+int64_t by4(int64_t nb, const W* w, const A* const* a, const float* const* as, __m256* acc, float* accm) {
+    __m128 accm4[NC];
+    for (int c = 0; c < NC; ++c) accm4[c] = _mm_setzero_ps();
+    const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
-        const __m256i p0 = BlockDot(w[b], a[b].qs), p1 = BlockDot(w[b + 1], a[b + 1].qs);
-        const __m256i p2 = BlockDot(w[b + 2], a[b + 2].qs), p3 = BlockDot(w[b + 3], a[b + 3].qs);
-        // Per 128-bit half: [sum p0, sum p1, sum p2, sum p3] over that half's lanes.
-        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        const __m256i q0 = Decode(w[b]), q1 = Decode(w[b + 1]), q2 = Decode(w[b + 2]), q3 = Decode(w[b + 3]);
         const __m128 dw = four_halves(w + b, &W::d);
-        // as[2b .. 2b + 7] = d0 s0 d1 s1 d2 s2 d3 s3 -> [d0..d3 | s0..s3]
-        const __m256 ds = _mm256_permutevar8x32_ps(_mm256_loadu_ps(as + 2 * b), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
-        const __m128 sc = _mm_mul_ps(dw, _mm256_castps256_ps128(ds));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(sc, sc), acc);
-        if constexpr (Extra == 1) accm4 = _mm_fmadd_ps(dw, _mm256_extractf128_ps(ds, 1), accm4);
-        if constexpr (Extra == 2) accm4 = _mm_fmadd_ps(four_halves(w + b, &W::m), _mm256_extractf128_ps(ds, 1), accm4);
+        for (int c = 0; c < NC; ++c) {
+            auto prod = [&](__m256i q, int i) {
+                const __m256i av = load256(a[c][b + i].qs);
+                return Signed ? dot_ss(q, av) : dot_us(q, av);
+            };
+            const __m256i p0 = prod(q0, 0), p1 = prod(q1, 1), p2 = prod(q2, 2), p3 = prod(q3, 3);
+            // Per 128-bit half: [sum p0, sum p1, sum p2, sum p3] over that half's lanes.
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+            // as[2b .. 2b + 7] = d0 s0 d1 s1 d2 s2 d3 s3 -> [d0..d3 | s0..s3]
+            const __m256 ds = _mm256_permutevar8x32_ps(_mm256_loadu_ps(as[c] + 2 * b), split);
+            const __m128 sc = _mm_mul_ps(dw, _mm256_castps256_ps128(ds));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_set_m128(sc, sc), acc[c]);
+            if constexpr (Extra == 1) accm4[c] = _mm_fmadd_ps(dw, _mm256_extractf128_ps(ds, 1), accm4[c]);
+            if constexpr (Extra == 2)
+                accm4[c] = _mm_fmadd_ps(four_halves(w + b, &W::m), _mm256_extractf128_ps(ds, 1), accm4[c]);
+        }
     }
-    __m128 t = _mm_add_ps(accm4, _mm_movehl_ps(accm4, accm4));
-    t = _mm_add_ss(t, _mm_movehdup_ps(t));
-    accm += _mm_cvtss_f32(t);
+    for (int c = 0; c < NC; ++c) {
+        __m128 t = _mm_add_ps(accm4[c], _mm_movehl_ps(accm4[c], accm4[c]));
+        t = _mm_add_ss(t, _mm_movehdup_ps(t));
+        accm[c] += _mm_cvtss_f32(t);
+    }
     return b;
 }
 
@@ -169,6 +179,7 @@ int64_t by4_nc1(int64_t nb, const W* w, const A* a, const float* as, __m256& acc
 // 32-element formats. Two blocks per iteration into two accumulator sets to
 // hide the FMA latency when NC is small.
 // ---------------------------------------------------------------------------
+inline __m256i q8_codes(const BlockQ8_0& b) { return load256(b.qs); }
 inline __m256i q4_unsigned(const BlockQ4_0& b) { return unpack_nibbles32(b.qs); }
 inline __m256i q5_unsigned(const BlockQ5_0& b) {
     return _mm256_or_si256(unpack_nibbles32(b.qs), expand_bits_0x10(b.qh));
@@ -180,9 +191,9 @@ void k_q8_0(int64_t nb, const BlockQ8_0* w, const BlockQ8_0* const* a, const flo
     __m256 acc0[NC], acc1[NC];
     for (int c = 0; c < NC; ++c) acc0[c] = acc1[c] = _mm256_setzero_ps();
     int64_t b = 0;
-    if constexpr (NC == 1) {
-        float unused = 0.0f;
-        b = by4_nc1<BlockQ8_0, BlockQ8_0, q8_ss_dot, 0>(nb, w, a[0], as[0], acc0[0], unused);
+    if constexpr (NC <= 2) {
+        float unused[NC] = {};
+        b = by4<NC, BlockQ8_0, BlockQ8_0, q8_codes, true, 0>(nb, w, a, as, acc0, unused);
     }
     for (; b + 2 <= nb; b += 2) {
         const __m256i q0 = load256(w[b].qs), q1 = load256(w[b + 1].qs);
@@ -218,7 +229,7 @@ void k_offset_x_q8_0(int64_t nb, const W* w, const BlockQ8_0* const* a, const fl
         accm[c] = 0.0f;
     }
     int64_t b = 0;
-    if constexpr (NC == 1) b = by4_nc1<W, BlockQ8_0, q_us_dot<W, Decode>, 1>(nb, w, a[0], as[0], acc0[0], accm[0]);
+    if constexpr (NC <= 2) b = by4<NC, W, BlockQ8_0, Decode, false, 1>(nb, w, a, as, acc0, accm);
     for (; b + 2 <= nb; b += 2) {
         const __m256i q0 = Decode(w[b]), q1 = Decode(w[b + 1]);
         const float d0 = h2f(w[b].d), d1 = h2f(w[b + 1].d);
@@ -263,7 +274,7 @@ void k_unsigned_x_q8_1(int64_t nb, const W* w, const BlockQ8_1* const* a, const 
         accm[c] = 0.0f;
     }
     int64_t b = 0;
-    if constexpr (NC == 1) b = by4_nc1<W, BlockQ8_1, q_us_dot<W, Decode>, 2>(nb, w, a[0], as[0], acc0[0], accm[0]);
+    if constexpr (NC <= 2) b = by4<NC, W, BlockQ8_1, Decode, false, 2>(nb, w, a, as, acc0, accm);
     for (; b + 2 <= nb; b += 2) {
         const __m256i q0 = Decode(w[b]), q1 = Decode(w[b + 1]);
         const float d0 = h2f(w[b].d), d1 = h2f(w[b + 1].d), m0 = h2f(w[b].m), m1 = h2f(w[b + 1].m);

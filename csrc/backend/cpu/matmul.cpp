@@ -92,17 +92,28 @@ void CpuBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer
     }
 
     const int64_t n_tiles = (N + kRowTile - 1) / kRowTile;
-    if (rows == 1 && levels == 1) {
+    if (rows == 1) {
         // Decode streams the weights once: each thread walks one contiguous
         // share of the rows (16-row tiles handed out in turn, which interleave
         // the threads' streams, made 2-thread decode slower than 1-thread), and
-        // takes pieces of the others' shares once its own is done.
+        // takes pieces of the others' shares once its own is done. Two-level
+        // activations are two rows through the same kernel, summed here.
         const int64_t tiles_per_piece = std::max<int64_t>(1, kDecodePieceBytes / (kRowTile * int64_t(w.row_bytes)));
         pool_.parallel_shares(n_tiles, tiles_per_piece, [&](int64_t t0, int64_t t1) {
             const int64_t r0 = t0 * kRowTile, r1 = std::min<int64_t>(t1 * kRowTile, N);
-            kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, int(r1 - r0), act, act_row_bytes, 1, o + r0, 1);
-            if (b)
-                for (int64_t r = r0; r < r1; ++r) o[r] += b[r];
+            if (levels == 1) {
+                kernel.fn(K, wbase + r0 * w.row_bytes, w.row_bytes, int(r1 - r0), act, act_row_bytes, 1, o + r0, 1);
+                if (b)
+                    for (int64_t r = r0; r < r1; ++r) o[r] += b[r];
+                return;
+            }
+            constexpr int kStep = 256;
+            float pair[2 * kStep];  // [row][level]
+            for (int64_t s0 = r0; s0 < r1; s0 += kStep) {
+                const int nr = int(std::min<int64_t>(kStep, r1 - s0));
+                kernel.fn(K, wbase + s0 * w.row_bytes, w.row_bytes, nr, act, act_row_bytes, 2, pair, 2);
+                for (int r = 0; r < nr; ++r) o[s0 + r] = pair[2 * r] + pair[2 * r + 1] + (b ? b[s0 + r] : 0.0f);
+            }
         });
         return;
     }
