@@ -1,10 +1,10 @@
-#include <cmath>
 #include "backend/backend.h"
 
 #include "backend/cpu/cpu_backend.h"
 #include "common/error.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 

@@ -21,6 +21,9 @@ namespace mn {
 
 // Panel rows are padded to a multiple of this many elements.
 constexpr int kPanelStep = kPanelHalfChunk;
+// The microkernel's register tile: weight rows x activation rows. panel_gemm
+// takes row counts padded to these multiples (padding rows zero).
+constexpr int kPanelTileRows = 2, kPanelTileCols = 4;
 
 struct ActivationPanel {
     const int8_t* q;      // row c at q + c * q_stride
@@ -58,7 +61,8 @@ struct PanelOutput {
 };
 
 // Products of weight rows [0, nr) with activation rows [0, nc) (nr a multiple
-// of 2, nc of 4; padding rows must be zero), rows n_pad elements long.
+// of kPanelTileRows, nc of kPanelTileCols; padding rows must be zero), rows
+// n_pad elements long.
 void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, const PanelOutput& out);
 
 }  // namespace mn

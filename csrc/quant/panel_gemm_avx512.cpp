@@ -31,8 +31,8 @@ bool panel_gemm_available() { return isa_available(Isa::Avx512); }
 
 namespace {
 
-// 2 x 4 measured fastest of 1x4 .. 4x4 on Zen 4 (one 512-bit load per cycle: 6 loads feed 8 vpdpbusd).
-constexpr int kTileRows = 2, kTileCols = 4;
+// kPanelTileRows x kPanelTileCols = 2 x 4 measured fastest of 1x4 .. 4x4 on
+// Zen 4 (one 512-bit load per cycle: 6 loads feed 8 vpdpbusd).
 
 // From a chunk's 16 group values (element order), the lane vector where lanes
 // 2j, 2j + 1 hold group 2j + Odd (block j's first or second half).
@@ -194,10 +194,10 @@ void quantize_activation_panel(const float* x, int64_t n, int levels, int8_t* q,
 void panel_gemm(int64_t n_pad, const WeightPanel& w, int nr, const ActivationPanel& a, int nc, const PanelOutput& out) {
     // Activation columns outermost: a 4-column slab stays in L1 while the
     // band's weight rows (in L2) pass over it.
-    for (int c0 = 0; c0 < nc; c0 += kTileCols)
-        for (int r0 = 0; r0 < nr; r0 += kTileRows) {
-            if (w.groups_of_16) tile<kTileRows, kTileCols, true>(n_pad, w, r0, a, c0, out);
-            else tile<kTileRows, kTileCols, false>(n_pad, w, r0, a, c0, out);
+    for (int c0 = 0; c0 < nc; c0 += kPanelTileCols)
+        for (int r0 = 0; r0 < nr; r0 += kPanelTileRows) {
+            if (w.groups_of_16) tile<kPanelTileRows, kPanelTileCols, true>(n_pad, w, r0, a, c0, out);
+            else tile<kPanelTileRows, kPanelTileCols, false>(n_pad, w, r0, a, c0, out);
         }
 }
 

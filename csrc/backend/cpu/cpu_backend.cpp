@@ -317,11 +317,8 @@ void CpuBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int3
         Backend::top_k(src, offset, n, k, ids, vals, log_sum_exp);
         return;
     }
-    if (log_sum_exp) {
-        float m = -INFINITY;
-        for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
-        *log_sum_exp = m + std::log(vec::exp_sum_of(x, m, n));
-    }
+    // vals[0] is the row's maximum (NaNs never entered the list).
+    if (log_sum_exp) *log_sum_exp = vals[0] + float(std::log(vec::exp_sum_of(x, vals[0], n)));
 }
 
 }  // namespace mn

@@ -150,7 +150,7 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
                               const WeightTensor* bias) {
     const int64_t K = w.ne0, N = w.ne1;
     const size_t n_pad = round_up(size_t(K), kPanelStep), groups = n_pad / kPanelGroup;
-    const int act_rows = rows * levels, cols = int(round_up(size_t(act_rows), 4));
+    const int act_rows = rows * levels, cols = int(round_up(size_t(act_rows), kPanelTileCols));
     const auto* wbase = static_cast<const uint8_t*>(w.device);
     const float* b = bias ? static_cast<const float*>(bias->device) : nullptr;
 
@@ -160,7 +160,8 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
     auto* aq = reinterpret_cast<int8_t*>(scratch);
     auto* ascale = reinterpret_cast<float*>(scratch + q_bytes);
     float* asum = ascale + size_t(cols) * groups;
-    pool_.parallel_for(cols, 4, [&](int64_t c0, int64_t c1) {
+    // Chunks of `levels` columns: each holds one input row's levels (and cols is a multiple of levels).
+    pool_.parallel_for(cols, levels, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; c += levels) {
             if (c < act_rows) {
                 quantize_activation_panel(x.f32() + (c / levels) * K, K, levels, aq + c * n_pad, n_pad,
@@ -187,8 +188,9 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
         float* wscale = mem + code_floats;
         float* woffset = wscale + group_floats;
         float* tile = woffset + group_floats;
-        // Everything past each row's K elements, and rows past the band's end,
-        // must be zero: the kernel reads whole 64-element steps of 4-row tiles.
+        // The groups past each row's K / 16, and the rows past the band's end up
+        // to the tile's row multiple, must be zero: the kernel reads whole
+        // (half) chunks of whole tiles. unpack_panel writes everything else.
         std::memset(wq, 0, size_t(kPanelBand) * n_pad);
         std::fill(wscale, wscale + 2 * group_floats, 0.0f);
         for (;;) {
@@ -202,7 +204,7 @@ void CpuBackend::matmul_panel(const WeightTensor& w, const Buffer& x, int rows, 
             }
             unpack_panel(w.type, wbase + r0 * w.row_bytes, w.row_bytes, nr, K, wq, n_pad, wscale, woffset, groups);
             const WeightPanel wpanel{wq, n_pad, wscale, woffset, groups, panel_groups_of_16(w.type)};
-            const int nr_pad = int(round_up(size_t(nr), 2));
+            const int nr_pad = int(round_up(size_t(nr), kPanelTileRows));
             float* o = out.f32();
             if (levels == 1) {  // results straight into the output rows
                 panel_gemm(int64_t(n_pad), wpanel, nr_pad, apanel, cols, PanelOutput{o + r0, 1, size_t(N), nr, rows});

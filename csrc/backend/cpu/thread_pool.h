@@ -78,12 +78,12 @@ public:
                     return int64_t(from_front ? front : back - 1);
             }
         };
+        auto chunk = [&](int64_t c) { fn(c * grain, c * grain + grain < n ? c * grain + grain : n); };
         run([&](int thread, int) {
             const int own = thread % n_shares;
-            for (int64_t c; (c = take(own, true)) >= 0;) fn(c * grain, c * grain + grain < n ? c * grain + grain : n);
+            for (int64_t c; (c = take(own, true)) >= 0;) chunk(c);
             for (int k = 1; k < n_shares; ++k)
-                for (int64_t c; (c = take((own + k) % n_shares, false)) >= 0;)
-                    fn(c * grain, c * grain + grain < n ? c * grain + grain : n);
+                for (int64_t c; (c = take((own + k) % n_shares, false)) >= 0;) chunk(c);
         });
     }
 
