@@ -208,29 +208,42 @@ def test_real_model_cuda_matches_cpu():
         assert np.argmax(a) == np.argmax(b)
 
 
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
 @pytest.mark.parametrize("wtype", ["Q5_0", "Q6_K"])
-def test_integer_decode_split_and_float_path_agree(tmp_path, monkeypatch, wtype):
-    # The integer matvec splits long rows over 1, 2 or 4 warps (by width; fixed here through the
-    # environment) and can be switched off (METALLIC_CUDA_Q8=0: the fp32 matvec); the fused
-    # SwiGLU quantization and the warp-per-key attention have switches too. Same sums in another
-    # order: the variants agree to rounding, and the fp32 path to the 8-bit input's error.
+def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
+    # Decode variants that must compute the same sums (in another order, or with the input
+    # quantized in another kernel), fixed through the environment:
+    #   w1/w2/w4  the integer matvec with 1, 2 or 4 warps per row pair;
+    #   pre       the input quantized by a separate launch (as rows wider than kQ8FusedMaxK are)
+    #             instead of inside each block of the matvec;
+    #   cap       the matvec grid capped at 2 blocks, so that blocks walk many row groups;
+    #   tpk       RoPE + KV store, the thread-per-key split kernel and a combine launch instead of
+    #             the fused decode attention kernel;
+    #   f32       the fp32 matvec (METALLIC_CUDA_Q8=0): agrees to the 8-bit input's error.
+    # A 70-token prefill first, so that the decode steps attend over 3 chunks of 32 keys (the
+    # fused kernel's last-block combine), then 12 decode steps.
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=4, **geometry(wtype))
-    tokens = np.random.default_rng(9).integers(0, 301, 12).tolist()
+    rng = np.random.default_rng(9)
+    prompt = rng.integers(0, 301, 70).tolist()
+    tokens = rng.integers(0, 301, 12).tolist()
     runs = {}
-    knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_SWIGLU_Q8", "METALLIC_CUDA_ATTN_THREAD_PER_KEY")
+    knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
+             "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
-                     ("fused", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_SWIGLU_Q8": "1"}),
+                     ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
+                     ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
                      ("tpk", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"})):
         for k in knobs:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        with Model(path, n_ctx=32, backend="cuda", kv_type="f32") as m:
+        with Model(path, n_ctx=128, backend="cuda", kv_type=kv_type, max_batch=70) as m:
+            m.eval(prompt)
             runs[key] = np.stack([m.eval([t]) for t in tokens])
-    # The fused SwiGLU quantizes its output as the quantize launch would: same bits.
-    np.testing.assert_array_equal(runs["fused"], runs["w1"])
-    for key in ("w2", "w4", "tpk"):
+    # The grid cap changes only which block computes a row: same bits.
+    np.testing.assert_array_equal(runs["cap"], runs["w1"])
+    for key in ("w2", "w4", "pre", "tpk"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):

@@ -252,12 +252,8 @@ __global__ void __launch_bounds__(kThreads) attn_split_wide_kernel(const float* 
 }
 
 // grid (n_heads, rows): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// With qs set (one row, hd a multiple of 32, a thread per dimension) the output is also
-// quantized to 8-bit blocks of 32 for the integer matvec that consumes it (a head holds
-// whole blocks, one per warp): that matvec then needs no quantize launch.
 __global__ void attn_combine_kernel(const float* __restrict__ part, const int* pos0, int n_heads, int hd, int chunk,
-                                    int n_splits, float* __restrict__ out, int8_t* __restrict__ qs,
-                                    float2* __restrict__ qds) {
+                                    int n_splits, float* __restrict__ out) {
     const int h = blockIdx.x, r = blockIdx.y;
     const int n_keys = *pos0 + r + 1;
     const int live = (n_keys + chunk - 1) / chunk;
@@ -288,20 +284,228 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
         float num = 0.0f;
 #pragma unroll 8
         for (int s = 0; s < live; ++s) num += sw[s] * base[s * (hd + 2) + d];
-        const float v = num / den;
-        const size_t o = (size_t(r) * n_heads + h) * hd + d;
-        out[o] = v;
-        if (qs) {
-            float amax = fabsf(v);
-#pragma unroll
-            for (int w = 16; w > 0; w >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, w));
-            const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-            const int qv = __float2int_rn(v * id);
-            const int qsum = __reduce_add_sync(0xffffffffu, qv);
-            qs[o] = int8_t(qv);
-            if ((threadIdx.x & 31) == 0) qds[o >> 5] = make_float2(amax / 127.0f, amax / 127.0f * float(qsum));
+        out[(size_t(r) * n_heads + h) * hd + d] = num / den;
+    }
+}
+
+// Decode in one launch: grid (n_splits, n_heads), one block per (chunk of keys, query head).
+// Each block rotates its query head (RoPE, as rope_kernel computes it) and, if its chunk holds
+// the new position, the new key; one block per KV head stores the new key and value in the
+// cache, and the other blocks of that KV head take them from shared memory (the store may not
+// have landed), rounded to the cache type exactly as the stored copy is. Scores, softmax and the
+// weighted values of the chunk follow attn_split_kernel. A one-chunk head writes its output
+// directly; otherwise the chunks' partials meet in `part` and the last block of the head to
+// finish (a counter per head) combines them, so no second launch is needed. Before this kernel,
+// a decode layer's attention was three launches (rope + store, split, combine) of 2-10 us each.
+struct DecodeArgs {
+    const float* q;
+    const float* k;
+    const float* v;
+    void* kc;
+    void* vc;
+    int n_ctx;
+    const int* pos0;
+    int n_heads, n_kv_heads, hd;
+    int chunk, n_splits;
+    const float* freq;  // null: q and k are already rotated
+    bool neox;
+    float* part;
+    int* counters;
+    float* out;
+};
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
+    const int s = blockIdx.x, h = blockIdx.y;
+    const int pos = *a.pos0;
+    const int n_keys = pos + 1;
+    const int start = s * a.chunk;
+    if (start >= n_keys) return;  // not counted: the combine counts live chunks only
+    const int len = min(a.chunk, n_keys - start);
+    const int hd = a.hd, half = hd / 2;
+    const int group = a.n_heads / a.n_kv_heads;
+    const int kvh = h / group;
+    const bool has_new = start + len == n_keys;  // this chunk ends at the new position
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    extern __shared__ float smem[];
+    float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
+    float* skn = sq + hd;           // [hd] the new key as the cache holds it
+    float* svn = skn + hd;          // [hd] the new value as the cache holds it
+    float* sc = svn + hd;           // [chunk]
+    float* sacc = sc + a.chunk;     // [kAttnWarps][hd]
+    __shared__ float red[kThreads / 32];
+    __shared__ int s_last;
+
+    T* kc = static_cast<T*>(a.kc);
+    T* vc = static_cast<T*>(a.vc);
+    const float scale = 1.0f / sqrtf(float(hd));
+    const float* qr = a.q + size_t(h) * hd;
+    const float* kr = a.k + size_t(kvh) * hd;
+    const float* vr = a.v + size_t(kvh) * hd;
+    const bool store = has_new && h % group == 0;
+    const size_t new_at = (size_t(kvh) * a.n_ctx + pos) * hd;
+    for (int i = threadIdx.x; i < half; i += kThreads) {
+        const int ia = a.neox ? i : 2 * i, ic = a.neox ? i + half : 2 * i + 1;
+        float q0 = qr[ia], q1 = qr[ic];
+        float k0 = 0.0f, k1 = 0.0f;
+        if (has_new) {
+            k0 = kr[ia];
+            k1 = kr[ic];
+        }
+        if (a.freq) {
+            float sn, cs;
+            sincosf(float(pos) * a.freq[i], &sn, &cs);
+            const float r0 = q0 * cs - q1 * sn, r1 = q0 * sn + q1 * cs;
+            q0 = r0;
+            q1 = r1;
+            const float t0 = k0 * cs - k1 * sn, t1 = k0 * sn + k1 * cs;
+            k0 = t0;
+            k1 = t1;
+        }
+        sq[ia] = q0 * scale;
+        sq[ic] = q1 * scale;
+        if (has_new) {
+            const T c0 = from_f<T>(k0), c1 = from_f<T>(k1);
+            skn[ia] = to_f<T>(c0);
+            skn[ic] = to_f<T>(c1);
+            if (store) {
+                kc[new_at + ia] = c0;
+                kc[new_at + ic] = c1;
+            }
         }
     }
+    if (has_new) {
+        for (int d = threadIdx.x; d < hd; d += kThreads) {
+            const T c = from_f<T>(vr[d]);
+            svn[d] = to_f<T>(c);
+            if (store) vc[new_at + d] = c;
+        }
+    }
+    __syncthreads();
+    float qv[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) qv[i] = lane + 32 * i < hd ? sq[lane + 32 * i] : 0.0f;
+
+    // Keys [start, start + len): from the cache, except the new one (from shared memory).
+    const int cached = has_new ? len - 1 : len;
+    const T* kbase = kc + (size_t(kvh) * a.n_ctx + start) * hd;
+    const T* vbase = vc + (size_t(kvh) * a.n_ctx + start) * hd;
+    float mx = -INFINITY;
+    for (int j0 = warp * kKeysPerTrip; j0 < len; j0 += kAttnWarps * kKeysPerTrip) {
+        float dot[kKeysPerTrip];
+#pragma unroll
+        for (int u = 0; u < kKeysPerTrip; ++u) {
+            dot[u] = 0.0f;
+            const int j = j0 + u;
+            if (j < cached) {
+                const T* kj = kbase + size_t(j) * hd;
+#pragma unroll
+                for (int i = 0; i < DPL; ++i)
+                    if (lane + 32 * i < hd) dot[u] += qv[i] * to_f<T>(kj[lane + 32 * i]);
+            } else if (j < len) {
+#pragma unroll
+                for (int i = 0; i < DPL; ++i)
+                    if (lane + 32 * i < hd) dot[u] += qv[i] * skn[lane + 32 * i];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kKeysPerTrip; ++u) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+            if (j0 + u < len) {
+                mx = fmaxf(mx, dot[u]);
+                if (lane == 0) sc[j0 + u] = dot[u];
+            }
+        }
+    }
+    mx = block_reduce(mx, red, true);  // its barriers also publish sc[]
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float p = expf(sc[j] - mx);
+        sc[j] = p;
+        sum += p;
+    }
+    sum = block_reduce(sum, red, false);
+
+    float acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
+#pragma unroll 8
+    for (int j = warp; j < cached; j += kAttnWarps) {
+        const float p = sc[j];
+        const T* vj = vbase + size_t(j) * hd;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i)
+            if (lane + 32 * i < hd) acc[i] += p * to_f<T>(vj[lane + 32 * i]);
+    }
+    if (has_new && warp == (len - 1) % kAttnWarps) {
+        const float p = sc[len - 1];
+#pragma unroll
+        for (int i = 0; i < DPL; ++i)
+            if (lane + 32 * i < hd) acc[i] += p * svn[lane + 32 * i];
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; ++i)
+        if (lane + 32 * i < hd) sacc[warp * hd + lane + 32 * i] = acc[i];
+    __syncthreads();
+
+    const int live = (n_keys + a.chunk - 1) / a.chunk;
+    float* orow = a.out + size_t(h) * hd;
+    if (live == 1) {
+        for (int d = threadIdx.x; d < hd; d += kThreads) {
+            float t = 0.0f;
+#pragma unroll
+            for (int w = 0; w < kAttnWarps; ++w) t += sacc[w * hd + d];
+            orow[d] = t / sum;
+        }
+        return;
+    }
+    float* head_part = a.part + size_t(h) * a.n_splits * (hd + 2);
+    float* rec = head_part + size_t(s) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += kThreads) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kAttnWarps; ++w) t += sacc[w * hd + d];
+        rec[d] = t;
+    }
+    if (threadIdx.x == 0) {
+        rec[hd] = mx;
+        rec[hd + 1] = sum;
+    }
+    // Publish the partial, then count it; the block that counts last sees every partial.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(a.counters + h, 1) == live - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // The combine, as attn_combine_kernel (partials read from L2: other SMs wrote them).
+    __shared__ float sw[32], sl[32];
+    if (threadIdx.x < live) {
+        sw[threadIdx.x] = __ldcg(head_part + threadIdx.x * (hd + 2) + hd);
+        sl[threadIdx.x] = __ldcg(head_part + threadIdx.x * (hd + 2) + hd + 1);
+    }
+    __syncthreads();
+    float den = 0.0f;
+    if (warp == 0) {
+        float M = -INFINITY;
+        for (int c = 0; c < live; ++c) M = fmaxf(M, sw[c]);
+        const float w = lane < live ? expf(sw[lane] - M) : 0.0f;
+        den = lane < live ? w * sl[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+        __syncwarp();
+        if (lane < live) sw[lane] = w;
+        if (lane == 0) red[0] = den;
+    }
+    __syncthreads();
+    den = red[0];
+    for (int d = threadIdx.x; d < hd; d += kThreads) {
+        float num = 0.0f;
+        for (int c = 0; c < live; ++c) num += sw[c] * __ldcg(head_part + c * (hd + 2) + d);
+        orow[d] = num / den;
+    }
+    if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
 }
 
 // Prefill: a block takes 16 query rows of one head and walks the keys in
@@ -434,6 +638,17 @@ SplitKernel<T> split_kernel_for(int hd) {
     return attn_split_kernel<T, 8>;
 }
 
+template <typename T>
+using DecodeKernel = void (*)(const DecodeArgs);
+
+template <typename T>
+DecodeKernel<T> decode_kernel_for(int hd) {
+    if (hd <= 32) return attn_decode_kernel<T, 1>;
+    if (hd <= 64) return attn_decode_kernel<T, 2>;
+    if (hd <= 128) return attn_decode_kernel<T, 4>;
+    return attn_decode_kernel<T, 8>;
+}
+
 }  // namespace
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
@@ -443,6 +658,19 @@ size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) 
 void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
     const SplitPlan plan = plan_for(a.n_ctx);
     const int hd = a.head_dim;
+    if (attention_decode_fused(a.rows, hd, a.thread_per_key)) {
+        if (a.kv_stored || !a.counters) throw Error("cuda attention: the fused decode kernel stores k and v itself");
+        const size_t smem = sizeof(float) * (3 * size_t(hd) + plan.chunk + size_t(kAttnWarps) * hd);
+        if (smem > 48 * 1024)
+            throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
+        DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, hd,
+                     plan.chunk, plan.n_splits, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out};
+        const dim3 grid(plan.n_splits, a.n_heads);
+        if (a.f16_cache) decode_kernel_for<__half>(hd)<<<grid, kThreads, smem, stream>>>(d);
+        else decode_kernel_for<float>(hd)<<<grid, kThreads, smem, stream>>>(d);
+        MN_CUDA_CHECK_LAUNCH("attn_decode_kernel");
+        return;
+    }
     const int store_threads = std::min(1024, std::max(32, a.n_kv_heads * hd));
     const bool warp_split = hd <= kMaxWarpHd && !a.thread_per_key;
     const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + (warp_split ? size_t(kAttnWarps) * hd : kThreads));
@@ -485,10 +713,8 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
             a.n_heads, a.n_kv_heads, hd, plan.chunk, plan.n_splits, a.scratch);
     }
     MN_CUDA_CHECK_LAUNCH("attn_split_kernel");
-    const bool q8 = a.q8_qs && attention_writes_q8(a.rows, hd);
     attn_combine_kernel<<<dim3(a.n_heads, a.rows), std::min(256, ((hd + 31) / 32) * 32), 0, stream>>>(
-        a.scratch, a.pos0, a.n_heads, hd, plan.chunk, plan.n_splits, a.out, q8 ? a.q8_qs : nullptr,
-        q8 ? a.q8_ds : nullptr);
+        a.scratch, a.pos0, a.n_heads, hd, plan.chunk, plan.n_splits, a.out);
     MN_CUDA_CHECK_LAUNCH("attn_combine_kernel");
 }
 

@@ -110,6 +110,7 @@ private:
     void ensure_scratch(size_t floats);
     void ensure_row_scale(int rows);
     void ensure_q8(int K);
+    void ensure_attn_counters(int n_heads);
     const float* rope_table(float base, int head_dim);
     // Ends a recording or replays the graph: the work of the step so far is then enqueued.
     void finish_graph_part();
@@ -173,26 +174,24 @@ private:
         const float* x = nullptr;
         int rows = 0, K = 0;
         float* swiglu_out = nullptr;
-        bool prequantized = false;  // x is already in q8_in_[1] (written by the op that produced it)
     } mm_;
-    // One-row matmuls of the integer-dot types: quantize the input (with the pending norm), then
-    // the integer matvec. False (nothing launched) when a job's type or the width does not allow it.
+    // One-row matmuls of the integer-dot types (the pending norm fused into them). False (nothing
+    // launched) when a job's type or the width does not allow it.
     bool flush_q8(const PendingMatmul& mm, bool fuse_norm);
 
-    // The decode input quantized to 8 bits (matvec_q8.cu), sized for the widest input seen.
-    // q8_in_[0] is written by the quantize launch; q8_in_[1] by the ops that also write their
-    // output quantized (attention's combine, the fused SwiGLU), whose own input may be in [0].
     bool q8_enabled_ = true;
-    // The fused SwiGLU can also quantize its output for the down projection (per-block counters,
-    // matvec_q8.cu), saving a quantize launch; measured slower on the 7B geometry (345 vs 363
-    // tok/s, H100) and even on 0.5B, so off unless METALLIC_CUDA_SWIGLU_Q8=1.
-    bool swiglu_q8_ = false;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
-    cuda::Q8Input q8_in_[2];
-    int* q8_counters_ = nullptr;  // per block of 32 SwiGLU outputs (matvec_q8.cu); all zero between launches
+    // Grid cap of the integer matvec: a few blocks per SM, each walking several row groups, so
+    // that the input row is quantized by ~1000 blocks rather than by up to ~5000.
+    int q8_max_blocks_ = 0;
+    bool q8_prequantize_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
+    // Rows wider than cuda::kQ8FusedMaxK quantized once for the integer matvec, sized for the
+    // widest seen.
+    cuda::Q8Input q8_in_;
     int q8_capacity_ = 0;
-    const float* q8_holds_ = nullptr;  // the buffer whose quantized copy is in q8_in_[1], if any
+    int* attn_counters_ = nullptr;  // per query head, for the fused decode attention (zero between launches)
+    int attn_counters_n_ = 0;
 
     // Graph state.
     Mode mode_ = Mode::Eager;
@@ -209,12 +208,19 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     MN_CUDA_CHECK(cudaGetDevice(&device_));
     MN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (const char* g = std::getenv("METALLIC_CUDA_GRAPHS")) graphs_enabled_ = std::string(g) != "0";
-    // METALLIC_CUDA_Q8=0 keeps decode on the float matvec (for comparisons); METALLIC_CUDA_Q8_WARPS=1|2|4
-    // fixes the warps per row pair of the integer matvec (for tuning).
+    // Switches for comparisons and tests: METALLIC_CUDA_Q8=0 keeps decode on the float matvec;
+    // METALLIC_CUDA_Q8_WARPS=1|2|4 fixes the warps per row pair of the integer matvec,
+    // METALLIC_CUDA_Q8_MAX_BLOCKS its grid cap (0: none), METALLIC_CUDA_Q8_PREQUANTIZE=1 quantizes
+    // its input in a separate launch at every width; METALLIC_CUDA_ATTN_THREAD_PER_KEY=1 runs decode
+    // attention as RoPE + store, the thread-per-key split kernel and a combine launch.
     if (const char* q = std::getenv("METALLIC_CUDA_Q8")) q8_enabled_ = std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_WARPS")) q8_warps_ = std::atoi(q);
-    if (const char* q = std::getenv("METALLIC_CUDA_SWIGLU_Q8")) swiglu_q8_ = std::string(q) == "1";
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_THREAD_PER_KEY")) attn_thread_per_key_ = std::string(q) == "1";
+    int sms = 0;
+    MN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+    q8_max_blocks_ = 8 * sms;
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_MAX_BLOCKS")) q8_max_blocks_ = std::atoi(q);
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_PREQUANTIZE")) q8_prequantize_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -238,9 +244,8 @@ CudaBackend::~CudaBackend() {
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (RopeTable& t : rope_tables_) cudaFree(t.freq);
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
-                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_in_[0].qs),
-                    static_cast<void*>(q8_in_[0].ds), static_cast<void*>(q8_in_[1].qs),
-                    static_cast<void*>(q8_in_[1].ds), static_cast<void*>(q8_counters_)})
+                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_in_.qs),
+                    static_cast<void*>(q8_in_.ds), static_cast<void*>(attn_counters_)})
         if (p) cudaFree(p);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_ids_) cudaFreeHost(h_ids_);
@@ -354,48 +359,57 @@ void CudaBackend::ensure_q8(int K) {
     if (K <= q8_capacity_) return;
     if (mode_ != Mode::Eager) throw Error("cuda backend: the quantized input must grow during a recorded step");
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    for (cuda::Q8Input& b : q8_in_) {
-        if (b.qs) cudaFree(b.qs);
-        if (b.ds) cudaFree(b.ds);
-        b = cuda::Q8Input{};
-    }
-    if (q8_counters_) cudaFree(q8_counters_);
-    q8_counters_ = nullptr;
+    if (q8_in_.qs) cudaFree(q8_in_.qs);
+    if (q8_in_.ds) cudaFree(q8_in_.ds);
+    q8_in_ = cuda::Q8Input{};
     q8_capacity_ = 0;
-    q8_holds_ = nullptr;
-    for (cuda::Q8Input& b : q8_in_) {
-        b.qs = static_cast<int8_t*>(device_alloc(size_t(K), "the quantized input"));
-        b.ds = static_cast<float2*>(device_alloc(size_t(K / 32) * sizeof(float2), "the quantized input's scales"));
-    }
-    q8_counters_ = static_cast<int*>(device_alloc(size_t(K / 32) * sizeof(int), "SwiGLU block counters"));
-    MN_CUDA_CHECK(cudaMemset(q8_counters_, 0, size_t(K / 32) * sizeof(int)));
+    q8_in_.qs = static_cast<int8_t*>(device_alloc(size_t(K), "the quantized input"));
+    q8_in_.ds = static_cast<float2*>(device_alloc(size_t(K / 32) * sizeof(float2), "the quantized input's scales"));
     q8_capacity_ = K;
 }
 
+void CudaBackend::ensure_attn_counters(int n_heads) {
+    if (n_heads <= attn_counters_n_) return;
+    if (mode_ != Mode::Eager) throw Error("cuda backend: attention counters must grow during a recorded step");
+    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (attn_counters_) cudaFree(attn_counters_);
+    attn_counters_ = nullptr;
+    attn_counters_n_ = 0;
+    attn_counters_ = static_cast<int*>(device_alloc(sizeof(int) * n_heads, "attention counters"));
+    MN_CUDA_CHECK(cudaMemset(attn_counters_, 0, sizeof(int) * n_heads));
+    attn_counters_n_ = n_heads;
+}
+
+namespace {
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+}  // namespace
+
 bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
-    if (!q8_enabled_ || mm.rows != 1 || mm.K % 32 != 0) return false;
+    if (!q8_enabled_ || mm.rows != 1 || mm.K % 32 != 0 || mm.K > cuda::kQ8MaxK) return false;
     for (int j = 0; j < mm.n; ++j)
         if (!cuda::matvec_q8_supported(mm.jobs[j].w.type)) return false;
-    // The input is already quantized in q8_in_[1] when the op that wrote it did that too
-    // (the producer made the buffers wide enough, so ensure_q8 below keeps them).
-    const bool use_pre = mm.prequantized && !fuse_norm && mm.K <= q8_capacity_;
     const bool fuse_swiglu = mm.swiglu_out && mm.jobs[0].w.type == mm.jobs[1].w.type;
-    // The SwiGLU output's quantized copy goes to q8_in_[1], so the input must be in [0].
-    const bool swiglu_q8 = swiglu_q8_ && fuse_swiglu && !use_pre && cuda::matvec_q8_writes_swiglu_q8(mm.jobs[0].w.N);
-    ensure_q8(std::max(mm.K, swiglu_q8 ? mm.jobs[0].w.N : 0));
-    const cuda::Q8Input q8 = use_pre ? q8_in_[1] : q8_in_[0];
-    if (use_pre) {
-        launch_pending_norm();
-    } else if (fuse_norm) {
+    cuda::Q8Source src;
+    if (fuse_norm) {
         norm_.active = false;
-        cuda::launch_quantize_q8(norm_.x, mm.K, norm_.w, norm_.eps, norm_.out, q8, stream_);
+        src.x = norm_.x;
+        src.norm_weight = norm_.w;
+        src.eps = norm_.eps;
+        src.norm_out = norm_.out;
     } else {
         launch_pending_norm();
-        cuda::launch_quantize_q8(mm.x, mm.K, nullptr, 0.0f, nullptr, q8, stream_);
+        src.x = mm.x;
     }
-    cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, q8, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
-                           swiglu_q8 ? q8_in_[1] : cuda::Q8Input{}, swiglu_q8 ? q8_counters_ : nullptr, stream_);
-    if (swiglu_q8) q8_holds_ = mm.swiglu_out;
+    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && aligned16(src.x) && aligned16(src.norm_weight) &&
+                           aligned16(src.norm_out);
+    if (!in_kernel) {
+        ensure_q8(mm.K);
+        cuda::launch_quantize_q8(src.x, mm.K, src.norm_weight, src.eps, src.norm_out, q8_in_, stream_);
+        src = cuda::Q8Source{};
+        src.pre = q8_in_;
+    }
+    cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, src, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
+                           q8_max_blocks_, stream_);
     if (mm.swiglu_out && !fuse_swiglu)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
     return true;
@@ -684,7 +698,6 @@ void CudaBackend::synchronize() {
 }
 
 void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     const bool skip = record(Sig().add(1).add(table.device).add(uint64_t(rows)).add(out.data));
     if (mode_ == Mode::Eager) {
         ensure_ids(rows);
@@ -701,7 +714,6 @@ void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows,
 }
 
 void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(2).add(x.data).add(weight.device).add(uint64_t(rows)).add(uint64_t(width)).add(out.data)))
         return;
     flush();
@@ -718,9 +730,6 @@ void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float ep
 void CudaBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffer& out, const WeightTensor* bias) {
     if (record(Sig().add(3).add(w.device).add(x.data).add(uint64_t(rows)).add(out.data).add(bias ? bias->device : nullptr)))
         return;
-    // Consumed here or never: any other op may change the buffer.
-    const bool prequantized = rows == 1 && x.f32() == q8_holds_;
-    q8_holds_ = nullptr;
     cuda::MatvecJob job;
     job.w = qmatrix(w);
     job.bias = bias ? static_cast<const float*>(bias->device) : nullptr;
@@ -730,10 +739,7 @@ void CudaBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffe
     for (int j = 0; joins && j < mm_.n; ++j)
         if (mm_.jobs[j].out == job.out || mm_.jobs[j].residual) joins = false;
     if (!joins) {
-        // A flush here may quantize another input over q8_in_[0] only, never [1]; still, keep it simple.
-        const bool flushed = mm_.n > 0 || (norm_.active && norm_.out != x.f32());
-        if (flushed) flush();
-        mm_.prequantized = prequantized && !flushed;
+        if (mm_.n > 0 || (norm_.active && norm_.out != x.f32())) flush();
         mm_.n = 0;
         mm_.x = x.f32();
         mm_.rows = rows;
@@ -745,7 +751,6 @@ void CudaBackend::matmul(const WeightTensor& w, const Buffer& x, int rows, Buffe
 
 void CudaBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const AttentionShape& s, float base,
                        RopeStyle style) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(4).add(q.data).add(k.data).add(uint64_t(rows))))
         return;
     flush();
@@ -762,23 +767,33 @@ void CudaBackend::rope(Buffer& q, Buffer& k, int rows, int pos0, const Attention
 
 void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, KVLayer& cache, int n_ctx, int rows,
                             int pos0, const AttentionShape& s, Buffer& out) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(5).add(q.data).add(cache.k.data).add(uint64_t(rows)).add(out.data)))
         return;
     const bool fuse_rope = rope_.active && rope_.q == q.f32() && rope_.k == k.f32() && rope_.rows == rows &&
                            rope_.shape.n_heads == s.n_heads && rope_.shape.n_kv_heads == s.n_kv_heads &&
                            rope_.shape.head_dim == s.head_dim && mm_.n == 0 && !norm_.active && pos0 == device_pos_;
-    if (fuse_rope) {
+    // Decode: RoPE, the KV store, attention and the combine of its chunks in one kernel.
+    const bool decode = cuda::attention_decode_fused(rows, s.head_dim, attn_thread_per_key_);
+    cuda::AttentionArgs a;
+    if (decode && fuse_rope) {
+        rope_.active = false;
+        a.rope_freq = rope_.freq;
+        a.rope_neox = rope_.neox;
+    } else if (fuse_rope) {
         rope_.active = false;
         cuda::launch_rope_store(rope_.q, rope_.k, v.f32(), cache.k.data, cache.v.data, cache.k.dtype == DType::F16,
                                 n_ctx, rows, d_pos_, s.n_heads, s.n_kv_heads, s.head_dim, rope_.freq, rope_.neox,
                                 stream_);
+        a.kv_stored = true;
     } else {
         flush();
     }
     set_pos(pos0);
     ensure_scratch(cuda::attention_scratch_floats(rows, s.n_heads, s.head_dim, n_ctx));
-    cuda::AttentionArgs a;
+    if (decode) {
+        ensure_attn_counters(s.n_heads);
+        a.counters = attn_counters_;
+    }
     a.q = q.f32();
     a.k = k.f32();
     a.v = v.f32();
@@ -793,21 +808,11 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.head_dim = s.head_dim;
     a.out = out.f32();
     a.scratch = scratch_;
-    a.kv_stored = fuse_rope;
     a.thread_per_key = attn_thread_per_key_;
-    // Decode: the combine also writes the output quantized for the integer matvec (o projection).
-    const bool q8_out = q8_enabled_ && cuda::attention_writes_q8(rows, s.head_dim);
-    if (q8_out) {
-        ensure_q8(s.n_heads * s.head_dim);
-        a.q8_qs = q8_in_[1].qs;
-        a.q8_ds = q8_in_[1].ds;
-    }
     cuda::launch_attention(a, stream_);
-    if (q8_out) q8_holds_ = out.f32();
 }
 
 void CudaBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(6).add(gate.data).add(up.data).add(uint64_t(n)).add(out.data)))
         return;
     if (mm_.n == 2 && !mm_.swiglu_out && mm_.jobs[0].out == gate.f32() && mm_.jobs[1].out == up.f32() &&
@@ -822,7 +827,6 @@ void CudaBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer
 }
 
 void CudaBackend::add(Buffer& x, const Buffer& y, int64_t n) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(7).add(x.data).add(y.data).add(uint64_t(n))))
         return;
     if (mm_.n > 0 && !mm_.swiglu_out) {
@@ -845,7 +849,6 @@ void CudaBackend::add(Buffer& x, const Buffer& y, int64_t n) {
 }
 
 void CudaBackend::copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) {
-    q8_holds_ = nullptr;  // this op may write the buffer whose quantized copy is held
     if (record(Sig().add(8).add(src.data).add(uint64_t(src_row)).add(uint64_t(rows)).add(dst.data)))
         return;
     flush();

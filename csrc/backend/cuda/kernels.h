@@ -50,25 +50,37 @@ struct MatvecInput {
 void launch_matvec(const MatvecJob* jobs, int n_jobs, const MatvecInput& in, cudaStream_t stream);
 
 // ---- matvec_q8.cu: one activation row (decode) as integer dot products. ----
-// The input row quantized to blocks of 32: qs [K] int8 (16-byte aligned), ds [K / 32] = (d, d * sum q).
+// An input row quantized to blocks of 32: qs [K] int8 (16-byte aligned), ds [K / 32] = (d, d * sum q).
 struct Q8Input {
     int8_t* qs = nullptr;
     float2* ds = nullptr;
 };
 // Types the integer path covers (the 32-element formats, Q4_K, Q5_K, Q6_K); the rest use launch_matvec.
 bool matvec_q8_supported(TensorType t);
+// The widest input the integer matvec takes (its quantized row lives in shared memory), and the
+// widest that each of its blocks quantizes itself from the float row.
+constexpr int kQ8MaxK = 32768;
+constexpr int kQ8FusedMaxK = 8192;
+// Where a launch's input comes from: the float row x (16-byte aligned; rms_norm(x) * norm_weight
+// when norm_weight is set, which block 0 then also writes to norm_out when that is set), quantized
+// inside the matvec (K <= kQ8FusedMaxK); or, with x null, `pre`, written by launch_quantize_q8.
+struct Q8Source {
+    const float* x = nullptr;
+    const float* norm_weight = nullptr;
+    float eps = 0.0f;
+    float* norm_out = nullptr;
+    Q8Input pre;
+};
 // q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
 // to norm_out when that is set). K: a multiple of 32.
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
                         cudaStream_t stream);
-// out = W q8 (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
+// out = W q8(src) (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
 // swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
-// warps_per_row: 1, 2 or 4 warps share a row pair; 0 picks by K. With swiglu_out, swiglu_q8 and
-// counters (N / 32 ints, zero, left zero) set and N a multiple of 32, the SwiGLU output is also
-// written quantized to swiglu_q8 (which must not be q8).
-void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
-                      Q8Input swiglu_q8, int* counters, cudaStream_t stream);
-inline bool matvec_q8_writes_swiglu_q8(int N) { return N % 32 == 0; }
+// warps_per_row: 1, 2 or 4 warps share a row pair; 0 picks by K. max_blocks > 0 caps the grid
+// (blocks then take several row groups each).
+void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
+                      int warps_per_row, int max_blocks, cudaStream_t stream);
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
@@ -107,14 +119,19 @@ struct AttentionArgs {
     // Scratch for split partials: floats needed by attention_scratch_floats().
     float* scratch = nullptr;
     bool kv_stored = false;  // k and v are already in the cache (launch_rope_store)
-    // One row with head_dim a multiple of 32 (<= 256): the output is also written quantized here
-    // (as launch_quantize_q8 would, for the integer matvec that consumes it). Else ignored.
-    int8_t* q8_qs = nullptr;
-    float2* q8_ds = nullptr;
     bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
+    // Decode (see attention_decode_fused): RoPE of q and of the new key inside the attention
+    // kernel (rope_freq null: q and k arrive rotated), and one counter per head (n_heads ints,
+    // zero, left zero) for the block that combines the chunks. q and k are not written back.
+    const float* rope_freq = nullptr;
+    bool rope_neox = false;
+    int* counters = nullptr;
 };
-// Whether launch_attention writes the quantized output for these arguments.
-inline bool attention_writes_q8(int rows, int head_dim) { return rows == 1 && head_dim % 32 == 0 && head_dim <= 256; }
+// Whether launch_attention runs these arguments as one fused decode kernel (one row: RoPE,
+// the KV store, the chunked attention and their combine), which needs AttentionArgs.counters.
+inline bool attention_decode_fused(int rows, int head_dim, bool thread_per_key) {
+    return rows == 1 && head_dim % 32 == 0 && head_dim <= 256 && !thread_per_key;
+}
 // Keys per split block: a query row's keys are split into chunks of this many (longer
 // chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
 // chain of dependent loads per block short; blocks past the position exit at once.

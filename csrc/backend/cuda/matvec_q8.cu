@@ -2,17 +2,27 @@
 //
 // Decode reads every weight once; the float path (matvec.cu) spends ~15
 // instructions per weight unpacking blocks into floats, which leaves DRAM
-// mostly idle. Here the input row is first quantized on the device (one small
-// launch, which also computes a fused rms_norm) to 8-bit blocks of 32 values
+// mostly idle. Here the input row is quantized to 8-bit blocks of 32 values
 // with a float scale d and the block's sum d * sum(q); the weights are then
 // read in their GGUF blocks and multiplied 4 bytes at a time with __dp4a, the
 // block scales applied once per 32 (16 for Q6_K) products. The block sum
 // takes care of the formats' offsets and mins (Q4_0's -8, Q4_K's -dmin * m).
 //
+// Where the input is quantized: every block of the matvec quantizes the float
+// row itself (with the fused rms_norm) into its shared memory before its dot
+// products. A decode step of a small model is a chain of ~5-10 us kernels
+// whose cost is latency, not bytes: a separate quantize launch per product
+// (49-85 per token) cost more than every block re-reading a row of a few KB
+// from L2. Rows wider than kQ8FusedMaxK (a 7B model's down projection) are
+// quantized once by launch_quantize_q8 instead, and each block copies the
+// 8-bit row into shared memory (4x fewer bytes than the floats).
+//
 // Work split: a warp (or 2-4 warps for long rows) computes two outputs, its
 // lanes walking the row in units of one weight block (32 elements) or, for the
 // K-quants, two 32-element sub-blocks that share bytes. Both rows' loads of a
 // unit are issued before either is used; the input unit is loaded once for both.
+#include <algorithm>
+
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
 
@@ -22,6 +32,7 @@ namespace {
 
 constexpr int kQuantThreads = 256;
 constexpr int kQ8Warps = 4;  // warps per block of the matvec
+constexpr int kQ8Threads = kQ8Warps * 32;
 
 __device__ __forceinline__ float warp_sum_f(float v) {
 #pragma unroll
@@ -274,23 +285,17 @@ struct Q8Params {
     MatvecJob jobs[kMaxMatvecJobs];
     int group_end[kMaxMatvecJobs];  // exclusive prefix sums of the jobs' row pairs (SwiGLU: of N)
     int n_jobs;
+    int n_groups;  // group_end[n_jobs - 1]
     int K;
     int wpg;  // warps per row pair: 1, 2 or 4 (long rows)
-    const int8_t* aq;
-    const float2* ads;
+    Q8Source src;
     float* swiglu_out;
-    // SwiGLU output also quantized (for the down projection): the warp that writes the last
-    // of a block's 32 values (counted in cnt, which it then resets to 0) quantizes the block.
-    int8_t* sw_qs;
-    float2* sw_ds;
-    int* cnt;
 };
 
-// A warp's (part of the) dot products of two weight rows with the quantized input.
+// A warp's (part of the) dot products of two weight rows with the quantized input (in shared memory).
 template <TensorType T>
 __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const uint8_t* __restrict__ r1, int K,
-                                        const int8_t* __restrict__ aq, const float2* __restrict__ ads, int first,
-                                        int stride, float acc[2]) {
+                                        const int8_t* aq, const float2* ads, int first, int stride, float acc[2]) {
     constexpr int E = Q8Unit<T>::elems;
     const int U = K / E;
     for (int u = first; u < U; u += stride) {
@@ -301,15 +306,15 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
         unit_blocks<T>(u, A, B);
         int a[16];
         const int4* pa = reinterpret_cast<const int4*>(aq + 32 * A);
-        const int4 x0 = __ldg(pa), x1 = __ldg(pa + 1);
+        const int4 x0 = pa[0], x1 = pa[1];
         a[0] = x0.x; a[1] = x0.y; a[2] = x0.z; a[3] = x0.w; a[4] = x1.x; a[5] = x1.y; a[6] = x1.z; a[7] = x1.w;
-        const float2 da = __ldg(ads + A);
+        const float2 da = ads[A];
         float2 db = da;
         if constexpr (E == 64) {
             const int4* pb = reinterpret_cast<const int4*>(aq + 32 * B);
-            const int4 y0 = __ldg(pb), y1 = __ldg(pb + 1);
+            const int4 y0 = pb[0], y1 = pb[1];
             a[8] = y0.x; a[9] = y0.y; a[10] = y0.z; a[11] = y0.w; a[12] = y1.x; a[13] = y1.y; a[14] = y1.z; a[15] = y1.w;
-            db = __ldg(ads + B);
+            db = ads[B];
         } else {
 #pragma unroll
             for (int i = 8; i < 16; ++i) a[i] = 0;
@@ -319,114 +324,196 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
     }
 }
 
+// Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
+// block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
+// 32 (8 values per lane, two 16-byte loads), and each thread loads up to kTrips groups'
+// values before it uses any, so the row arrives in one or two L2 round trips.
+__device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd) {
+    constexpr int kTrips = 4;
+    constexpr int kPerTrip = kQ8Threads * 8;
+    const int tid = threadIdx.x;
+    float inv = 1.0f;
+    if (src.norm_weight) {
+        double ss = 0.0;
+        for (int i = 4 * tid; i < K; i += 4 * kQ8Threads) {
+            const float4 v = __ldg(reinterpret_cast<const float4*>(src.x + i));
+            ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        __shared__ double part[kQ8Warps];
+        if ((tid & 31) == 0) part[tid >> 5] = ss;
+        __syncthreads();
+        double t = 0.0;
+#pragma unroll
+        for (int w = 0; w < kQ8Warps; ++w) t += part[w];
+        // As rms_norm_kernel computes it, so that the fused and unfused paths agree.
+        inv = float(1.0 / sqrt(t / K + double(src.eps)));
+    }
+    const bool write_norm = src.norm_weight && src.norm_out && blockIdx.x == 0;
+    for (int base = 0; base < K; base += kTrips * kPerTrip) {
+        float v[kTrips][8];
+#pragma unroll
+        for (int t = 0; t < kTrips; ++t) {
+            const int i = base + t * kPerTrip + 8 * tid;
+            if (i < K) {
+                const float4* px = reinterpret_cast<const float4*>(src.x + i);
+                const float4 a = __ldg(px), b = __ldg(px + 1);
+                v[t][0] = a.x; v[t][1] = a.y; v[t][2] = a.z; v[t][3] = a.w;
+                v[t][4] = b.x; v[t][5] = b.y; v[t][6] = b.z; v[t][7] = b.w;
+                if (src.norm_weight) {
+                    const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
+                    const float4 c = __ldg(pw), d = __ldg(pw + 1);
+                    const float w8[8] = {c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w};
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) v[t][e] = v[t][e] * inv * w8[e];
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < kTrips; ++t) {
+            const int i = base + t * kPerTrip + 8 * tid;
+            // K is a multiple of 32: the 4 lanes of a block are all in or all out.
+            const unsigned live = __ballot_sync(0xffffffffu, i < K);
+            if (i >= K) continue;
+            if (write_norm) {
+                float4* po = reinterpret_cast<float4*>(src.norm_out + i);
+                po[0] = make_float4(v[t][0], v[t][1], v[t][2], v[t][3]);
+                po[1] = make_float4(v[t][4], v[t][5], v[t][6], v[t][7]);
+            }
+            float amax = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[t][e]));
+            amax = fmaxf(amax, __shfl_xor_sync(live, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(live, amax, 2));
+            const float d = amax / 127.0f;
+            const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int q[8], qsum = 0;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                q[e] = __float2int_rn(v[t][e] * id);
+                qsum += q[e];
+            }
+            qsum += __shfl_xor_sync(live, qsum, 1);
+            qsum += __shfl_xor_sync(live, qsum, 2);
+            int2 packed;
+            packed.x = (q[0] & 0xFF) | ((q[1] & 0xFF) << 8) | ((q[2] & 0xFF) << 16) | (int(uint32_t(q[3]) << 24));
+            packed.y = (q[4] & 0xFF) | ((q[5] & 0xFF) << 8) | ((q[6] & 0xFF) << 16) | (int(uint32_t(q[7]) << 24));
+            *reinterpret_cast<int2*>(sq + i) = packed;
+            if ((tid & 3) == 0) sd[i >> 5] = make_float2(d, d * float(qsum));
+        }
+    }
+}
+
+// The quantized input in the block's shared memory: from the float row, or copied from the
+// row launch_quantize_q8 wrote (16 bytes at a time, four copies in flight per thread).
+__device__ __forceinline__ void load_input(const Q8Params& p, int8_t* sq, float2* sd) {
+    if (p.src.x) {
+        quantize_row_to_shared(p.src, p.K, sq, sd);
+    } else {
+        const int4* qs = reinterpret_cast<const int4*>(p.src.pre.qs);
+        int4* dq = reinterpret_cast<int4*>(sq);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < p.K / 16; i += kQ8Threads) dq[i] = __ldg(qs + i);
+        const float4* ds = reinterpret_cast<const float4*>(p.src.pre.ds);  // K / 32 is even
+        float4* dd = reinterpret_cast<float4*>(sd);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < p.K / 64; i += kQ8Threads) dd[i] = __ldg(ds + i);
+    }
+    __syncthreads();
+}
+
 // FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
 // resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
+// The grid may be smaller than the row groups (it is capped so that the per-block input
+// quantization is not repeated thousands of times): blocks then walk the groups in strides.
 template <bool SWIGLU, TensorType FIXED>
-__global__ void __launch_bounds__(kQ8Warps * 32) matvec_q8_kernel(const Q8Params p) {
+__global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p) {
+    extern __shared__ int4 q8_smem[];
+    int8_t* sq = reinterpret_cast<int8_t*>(q8_smem);
+    float2* sd = reinterpret_cast<float2*>(sq + p.K);
+    load_input(p, sq, sd);
+
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpg = p.wpg;
     const int gib = wi / wpg, sub = wi - gib * wpg;
-    const int group = blockIdx.x * (kQ8Warps / wpg) + gib;
-
-    int j = 0;
-    while (j < p.n_jobs && group >= p.group_end[j]) ++j;
-    const bool live = j < p.n_jobs && !(SWIGLU && j > 0);
-    int n0 = 0;
-    const uint8_t* r0 = nullptr;
-    const uint8_t* r1 = nullptr;
-    TensorType type = TensorType::F32;
-    if (live) {
-        if (SWIGLU) {
-            const QMatrix& g = p.jobs[0].w;
-            const QMatrix& u = p.jobs[1].w;
-            n0 = group;
-            r0 = g.data + size_t(n0) * g.row_bytes;
-            r1 = u.data + size_t(n0) * u.row_bytes;
-            type = g.type;
-        } else {
-            const QMatrix& m = p.jobs[j].w;
-            n0 = 2 * (group - (j ? p.group_end[j - 1] : 0));
-            r0 = m.data + size_t(n0) * m.row_bytes;
-            // An odd last row is computed twice (so that no branch separates the two rows' loads).
-            r1 = n0 + 1 < m.N ? r0 + m.row_bytes : r0;
-            type = m.type;
-        }
-    }
-    float acc[2] = {0.0f, 0.0f};
-    if (live && FIXED != TensorType::F32) {
-        rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED>(r0, r1, p.K, p.aq, p.ads, lane + 32 * sub,
-                                                                   32 * wpg, acc);
-    } else if (live) {
-        const int first = lane + 32 * sub, stride = 32 * wpg;
-#define MN_CASE(T) \
-    case T: rows_q8<T>(r0, r1, p.K, p.aq, p.ads, first, stride, acc); break;
-        switch (type) {
-            MN_CASE(TensorType::Q4_0)
-            MN_CASE(TensorType::Q4_1)
-            MN_CASE(TensorType::Q5_0)
-            MN_CASE(TensorType::Q5_1)
-            MN_CASE(TensorType::Q8_0)
-            MN_CASE(TensorType::Q4_K)
-            MN_CASE(TensorType::Q5_K)
-            MN_CASE(TensorType::Q6_K)
-            default: break;  // the launcher only sends these types
-        }
-#undef MN_CASE
-    }
-    acc[0] = warp_sum_f(acc[0]);
-    acc[1] = warp_sum_f(acc[1]);
-    if (wpg > 1) {
-        __shared__ float red[kQ8Warps][2];
-        if (lane == 0) {
-            red[wi][0] = acc[0];
-            red[wi][1] = acc[1];
-        }
-        __syncthreads();
-        if (sub == 0) {
-            for (int w = 1; w < wpg; ++w) {
-                acc[0] += red[wi + w][0];
-                acc[1] += red[wi + w][1];
+    const int per_block = kQ8Warps / wpg;
+    __shared__ float red[kQ8Warps][2];
+    for (int g0 = blockIdx.x; g0 * per_block < p.n_groups; g0 += gridDim.x) {
+        const int group = g0 * per_block + gib;
+        int j = 0;
+        while (j < p.n_jobs && group >= p.group_end[j]) ++j;
+        const bool live = j < p.n_jobs && !(SWIGLU && j > 0);
+        int n0 = 0;
+        const uint8_t* r0 = nullptr;
+        const uint8_t* r1 = nullptr;
+        TensorType type = TensorType::F32;
+        if (live) {
+            if (SWIGLU) {
+                const QMatrix& g = p.jobs[0].w;
+                const QMatrix& u = p.jobs[1].w;
+                n0 = group;
+                r0 = g.data + size_t(n0) * g.row_bytes;
+                r1 = u.data + size_t(n0) * u.row_bytes;
+                type = g.type;
+            } else {
+                const QMatrix& m = p.jobs[j].w;
+                n0 = 2 * (group - (j ? p.group_end[j - 1] : 0));
+                r0 = m.data + size_t(n0) * m.row_bytes;
+                // An odd last row is computed twice (so that no branch separates the two rows' loads).
+                r1 = n0 + 1 < m.N ? r0 + m.row_bytes : r0;
+                type = m.type;
             }
         }
-    }
-    if (!live || sub != 0) return;
-    if (SWIGLU) {
-        const MatvecJob& g = p.jobs[0];
-        const MatvecJob& u = p.jobs[1];
-        const int n = n0;
-        if (lane == 0) {
+        float acc[2] = {0.0f, 0.0f};
+        if (live && FIXED != TensorType::F32) {
+            rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED>(r0, r1, p.K, sq, sd, lane + 32 * sub,
+                                                                       32 * wpg, acc);
+        } else if (live) {
+            const int first = lane + 32 * sub, stride = 32 * wpg;
+#define MN_CASE(T) \
+    case T: rows_q8<T>(r0, r1, p.K, sq, sd, first, stride, acc); break;
+            switch (type) {
+                MN_CASE(TensorType::Q4_0)
+                MN_CASE(TensorType::Q4_1)
+                MN_CASE(TensorType::Q5_0)
+                MN_CASE(TensorType::Q5_1)
+                MN_CASE(TensorType::Q8_0)
+                MN_CASE(TensorType::Q4_K)
+                MN_CASE(TensorType::Q5_K)
+                MN_CASE(TensorType::Q6_K)
+                default: break;  // the launcher only sends these types
+            }
+#undef MN_CASE
+        }
+        acc[0] = warp_sum_f(acc[0]);
+        acc[1] = warp_sum_f(acc[1]);
+        if (wpg > 1) {
+            if (lane == 0) {
+                red[wi][0] = acc[0];
+                red[wi][1] = acc[1];
+            }
+            __syncthreads();
+            if (sub == 0) {
+                for (int w = 1; w < wpg; ++w) {
+                    acc[0] += red[wi + w][0];
+                    acc[1] += red[wi + w][1];
+                }
+            }
+            __syncthreads();  // red is written again by the next group
+        }
+        if (!live || sub != 0 || lane != 0) continue;
+        if (SWIGLU) {
+            const MatvecJob& g = p.jobs[0];
+            const MatvecJob& u = p.jobs[1];
+            const int n = n0;
             const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
             const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
             if (g.out != p.swiglu_out) g.out[n] = gv;
             u.out[n] = uv;
             p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
+            continue;
         }
-        if (p.cnt) {
-            const int c = n >> 5;
-            int old = 0;
-            if (lane == 0) {
-                __threadfence();  // the value above is visible before the count says so
-                old = atomicAdd(p.cnt + c, 1);
-            }
-            old = __shfl_sync(0xffffffffu, old, 0);
-            if (old == 31) {
-                __threadfence();
-                const float v = __ldcg(p.swiglu_out + 32 * c + lane);  // from L2: other SMs wrote them
-                const float amax = warp_max_f(fabsf(v));
-                const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-                const int q = __float2int_rn(v * id);
-                const int qsum = __reduce_add_sync(0xffffffffu, q);
-                p.sw_qs[32 * c + lane] = int8_t(q);
-                if (lane == 0) {
-                    p.sw_ds[c] = make_float2(amax / 127.0f, amax / 127.0f * float(qsum));
-                    p.cnt[c] = 0;  // ready for the next launch (graph replays reuse the counters)
-                }
-            }
-        }
-        return;
-    }
-    if (lane != 0) return;
-    {
         const MatvecJob& job = p.jobs[j];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -465,9 +552,13 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 
-void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, float* swiglu_out, int warps_per_row,
-                      Q8Input swiglu_q8, int* counters, cudaStream_t stream) {
+void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
+                      int warps_per_row, int max_blocks, cudaStream_t stream) {
     if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
+    if (K < 32 || K % 32 != 0 || K > kQ8MaxK)
+        throw Error("cuda matvec_q8: K must be a multiple of 32 up to " + std::to_string(kQ8MaxK) + ", got " +
+                    std::to_string(K));
+    if (src.x ? K > kQ8FusedMaxK : !src.pre.qs) throw Error("cuda matvec_q8: no usable input");
     Q8Params p{};
     int groups = 0;
     for (int j = 0; j < n_jobs; ++j) {
@@ -480,15 +571,10 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, floa
     if (swiglu_out && (n_jobs != 2 || jobs[0].w.N != jobs[1].w.N || jobs[0].w.type != jobs[1].w.type))
         throw Error("cuda matvec_q8: fused SwiGLU needs two products of one height and type");
     p.n_jobs = n_jobs;
+    p.n_groups = groups;
     p.K = K;
-    p.aq = q8.qs;
-    p.ads = q8.ds;
+    p.src = src;
     p.swiglu_out = swiglu_out;
-    if (swiglu_out && counters && swiglu_q8.qs && jobs[0].w.N % 32 == 0) {
-        p.sw_qs = swiglu_q8.qs;
-        p.sw_ds = swiglu_q8.ds;
-        p.cnt = counters;
-    }
     int wpg = warps_per_row;
     if (wpg <= 0) {
         // Long rows get several warps, so that enough loads are in flight on few rows.
@@ -498,13 +584,15 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, Q8Input q8, floa
     if (wpg != 1 && wpg != 2 && wpg != 4) wpg = 1;
     p.wpg = wpg;
     const int per_block = kQ8Warps / wpg;
-    const int blocks = (groups + per_block - 1) / per_block;
+    int blocks = (groups + per_block - 1) / per_block;
+    if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
+    const size_t smem = size_t(K) + size_t(K / 32) * sizeof(float2);
     bool one_type = true;
     for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
     const TensorType t = one_type ? jobs[0].w.type : TensorType::F32;
 #define MN_LAUNCH(T)                                                                              \
-    if (swiglu_out) matvec_q8_kernel<true, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);           \
-    else matvec_q8_kernel<false, T><<<blocks, kQ8Warps * 32, 0, stream>>>(p);
+    if (swiglu_out) matvec_q8_kernel<true, T><<<blocks, kQ8Threads, smem, stream>>>(p);           \
+    else matvec_q8_kernel<false, T><<<blocks, kQ8Threads, smem, stream>>>(p);
     switch (t) {
         case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
         case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
