@@ -314,18 +314,36 @@ struct DecodeArgs {
     float* out;
 };
 
+//
+// Launched as a programmatic dependent (common.cuh): before pdl_wait() a block reads only the
+// position (copied before the step's first kernel) and asks L2 for its chunk's cached keys and
+// values (written by earlier steps), so those DRAM trips overlap the q/k/v matvec's tail.
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
+    pdl_launch_dependents();
     const int s = blockIdx.x, h = blockIdx.y;
     const int pos = *a.pos0;
     const int n_keys = pos + 1;
     const int start = s * a.chunk;
-    if (start >= n_keys) return;  // not counted: the combine counts live chunks only
+    if (start >= n_keys) {  // not counted: the combine counts live chunks only
+        pdl_wait();
+        return;
+    }
     const int len = min(a.chunk, n_keys - start);
     const int hd = a.hd, half = hd / 2;
     const int group = a.n_heads / a.n_kv_heads;
     const int kvh = h / group;
     const bool has_new = start + len == n_keys;  // this chunk ends at the new position
+    {
+        const int cached_keys = has_new ? len - 1 : len;
+        const size_t row0 = (size_t(kvh) * a.n_ctx + start) * hd * sizeof(T);
+        const int bytes = cached_keys * hd * int(sizeof(T));
+        for (int off = 128 * threadIdx.x; off < bytes; off += 128 * kThreads) {
+            prefetch_l2(static_cast<const uint8_t*>(a.kc) + row0 + off);
+            prefetch_l2(static_cast<const uint8_t*>(a.vc) + row0 + off);
+        }
+    }
+    pdl_wait();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     extern __shared__ float smem[];
     float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
@@ -666,8 +684,8 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
         DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, hd,
                      plan.chunk, plan.n_splits, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out};
         const dim3 grid(plan.n_splits, a.n_heads);
-        if (a.f16_cache) decode_kernel_for<__half>(hd)<<<grid, kThreads, smem, stream>>>(d);
-        else decode_kernel_for<float>(hd)<<<grid, kThreads, smem, stream>>>(d);
+        if (a.f16_cache) launch_kernel(a.pdl, decode_kernel_for<__half>(hd), grid, dim3(kThreads), smem, stream, d);
+        else launch_kernel(a.pdl, decode_kernel_for<float>(hd), grid, dim3(kThreads), smem, stream, d);
         MN_CUDA_CHECK_LAUNCH("attn_decode_kernel");
         return;
     }

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "common/error.h"
 #include "quant/formats.h"
@@ -43,6 +44,45 @@ namespace mn::cuda {
         cudaError_t mn_err_ = cudaGetLastError();                                      \
         if (mn_err_ != cudaSuccess) ::mn::cuda::throw_cuda(mn_err_, name, __FILE__, __LINE__); \
     } while (0)
+
+// ---------------------------------------------------------------------------
+// Programmatic dependent launch (sm_90): a kernel launched with launch_kernel(pdl = true) may
+// start while the kernel before it in the stream still runs. Such a kernel must call
+// pdl_wait() before it reads or writes anything another kernel touches (after it, every
+// earlier kernel has finished and its writes are visible), and every kernel launched so must
+// call it on every path, which keeps the ordering transitive. pdl_launch_dependents() lets the
+// next such kernel launch early. Both are no-ops before sm_90 and for ordinary launches.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+// Asks L2 for the 128-byte line holding p (no register is written: nothing waits for it).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    MN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 
 // ---------------------------------------------------------------------------
 // Block layouts (the GGUF file format). Only 2-byte alignment is guaranteed

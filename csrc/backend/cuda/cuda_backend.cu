@@ -185,7 +185,10 @@ private:
     // Grid cap of the integer matvec: a few blocks per SM, each walking several row groups, so
     // that the input row is quantized by ~1000 blocks rather than by up to ~5000.
     int q8_max_blocks_ = 0;
-    bool q8_prequantize_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
+    bool q8_prequantize_ = false;
+    // Programmatic dependent launches (sm_90+) for the decode kernels that support them
+    // (common.cuh); METALLIC_CUDA_PDL=0 turns them off.
+    bool pdl_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
     // Rows wider than cuda::kQ8FusedMaxK quantized once for the integer matvec, sized for the
     // widest seen.
     cuda::Q8Input q8_in_;
@@ -219,6 +222,10 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     int sms = 0;
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
     q8_max_blocks_ = 8 * sms;
+    int cc_major = 0;
+    MN_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device_));
+    pdl_ = cc_major >= 9;
+    if (const char* q = std::getenv("METALLIC_CUDA_PDL")) pdl_ = pdl_ && std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_MAX_BLOCKS")) q8_max_blocks_ = std::atoi(q);
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_PREQUANTIZE")) q8_prequantize_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
@@ -382,6 +389,11 @@ void CudaBackend::ensure_attn_counters(int n_heads) {
 
 namespace {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Products larger than this quantize their input in a separate launch: their many blocks each
+// re-reading and quantizing the row cost more than the launch (H100, 7B geometry: the 76 MB
+// gate/up product took 42.7 us instead of 28.7 us with ~1000 blocks quantizing a 3584-wide row;
+// the 0.5B's products, 1-6 MB, gained from it).
+constexpr size_t kQ8InKernelMaxWeightBytes = size_t(8) << 20;
 }  // namespace
 
 bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
@@ -400,16 +412,18 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         launch_pending_norm();
         src.x = mm.x;
     }
-    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && aligned16(src.x) && aligned16(src.norm_weight) &&
-                           aligned16(src.norm_out);
+    size_t weight_bytes = 0;
+    for (int j = 0; j < mm.n; ++j) weight_bytes += mm.jobs[j].w.row_bytes * size_t(mm.jobs[j].w.N);
+    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
+                           aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
     if (!in_kernel) {
         ensure_q8(mm.K);
-        cuda::launch_quantize_q8(src.x, mm.K, src.norm_weight, src.eps, src.norm_out, q8_in_, stream_);
+        cuda::launch_quantize_q8(src.x, mm.K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, stream_);
         src = cuda::Q8Source{};
         src.pre = q8_in_;
     }
     cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, src, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
-                           q8_max_blocks_, stream_);
+                           q8_max_blocks_, pdl_, stream_);
     if (mm.swiglu_out && !fuse_swiglu)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
     return true;
@@ -793,6 +807,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     if (decode) {
         ensure_attn_counters(s.n_heads);
         a.counters = attn_counters_;
+        a.pdl = pdl_;
     }
     a.q = q.f32();
     a.k = k.f32();

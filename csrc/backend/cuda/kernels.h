@@ -73,14 +73,15 @@ struct Q8Source {
 };
 // q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
 // to norm_out when that is set). K: a multiple of 32.
+// pdl: launched as a programmatic dependent launch (common.cuh), here and below.
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
-                        cudaStream_t stream);
+                        bool pdl, cudaStream_t stream);
 // out = W q8(src) (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
 // swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
 // warps_per_row: 1, 2 or 4 warps share a row pair; 0 picks by K. max_blocks > 0 caps the grid
 // (blocks then take several row groups each).
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, cudaStream_t stream);
+                      int warps_per_row, int max_blocks, bool pdl, cudaStream_t stream);
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
@@ -126,6 +127,7 @@ struct AttentionArgs {
     const float* rope_freq = nullptr;
     bool rope_neox = false;
     int* counters = nullptr;
+    bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
 };
 // Whether launch_attention runs these arguments as one fused decode kernel (one row: RoPE,
 // the KV store, the chunked attention and their combine), which needs AttentionArgs.counters.

@@ -50,6 +50,8 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
                                                                     const float* __restrict__ nw, float eps,
                                                                     float* __restrict__ norm_out,
                                                                     int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    pdl_launch_dependents();
+    pdl_wait();  // launched as a programmatic dependent: x comes from the kernel before
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
     float inv = 1.0f;
     if (nw) {
@@ -292,8 +294,16 @@ struct Q8Params {
     float* swiglu_out;
 };
 
-// A warp's (part of the) dot products of two weight rows with the quantized input (in shared memory).
-template <TensorType T>
+// Loads of the quantized input: from the block's shared memory, or (PRE) from the row that
+// launch_quantize_q8 wrote, through the read-only cache.
+template <bool PRE, typename V>
+__device__ __forceinline__ V ld_in(const V* p) {
+    if constexpr (PRE) return __ldg(p);
+    else return *p;
+}
+
+// A warp's (part of the) dot products of two weight rows with the quantized input.
+template <TensorType T, bool PRE>
 __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const uint8_t* __restrict__ r1, int K,
                                         const int8_t* aq, const float2* ads, int first, int stride, float acc[2]) {
     constexpr int E = Q8Unit<T>::elems;
@@ -306,15 +316,15 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
         unit_blocks<T>(u, A, B);
         int a[16];
         const int4* pa = reinterpret_cast<const int4*>(aq + 32 * A);
-        const int4 x0 = pa[0], x1 = pa[1];
+        const int4 x0 = ld_in<PRE>(pa), x1 = ld_in<PRE>(pa + 1);
         a[0] = x0.x; a[1] = x0.y; a[2] = x0.z; a[3] = x0.w; a[4] = x1.x; a[5] = x1.y; a[6] = x1.z; a[7] = x1.w;
-        const float2 da = ads[A];
+        const float2 da = ld_in<PRE>(ads + A);
         float2 db = da;
         if constexpr (E == 64) {
             const int4* pb = reinterpret_cast<const int4*>(aq + 32 * B);
-            const int4 y0 = pb[0], y1 = pb[1];
+            const int4 y0 = ld_in<PRE>(pb), y1 = ld_in<PRE>(pb + 1);
             a[8] = y0.x; a[9] = y0.y; a[10] = y0.z; a[11] = y0.w; a[12] = y1.x; a[13] = y1.y; a[14] = y1.z; a[15] = y1.w;
-            db = ads[B];
+            db = ld_in<PRE>(ads + B);
         } else {
 #pragma unroll
             for (int i = 8; i < 16; ++i) a[i] = 0;
@@ -405,39 +415,55 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
     }
 }
 
-// The quantized input in the block's shared memory: from the float row, or copied from the
-// row launch_quantize_q8 wrote (16 bytes at a time, four copies in flight per thread).
-__device__ __forceinline__ void load_input(const Q8Params& p, int8_t* sq, float2* sd) {
-    if (p.src.x) {
-        quantize_row_to_shared(p.src, p.K, sq, sd);
-    } else {
-        const int4* qs = reinterpret_cast<const int4*>(p.src.pre.qs);
-        int4* dq = reinterpret_cast<int4*>(sq);
-#pragma unroll 4
-        for (int i = threadIdx.x; i < p.K / 16; i += kQ8Threads) dq[i] = __ldg(qs + i);
-        const float4* ds = reinterpret_cast<const float4*>(p.src.pre.ds);  // K / 32 is even
-        float4* dd = reinterpret_cast<float4*>(sd);
-#pragma unroll 4
-        for (int i = threadIdx.x; i < p.K / 64; i += kQ8Threads) dd[i] = __ldg(ds + i);
-    }
-    __syncthreads();
-}
-
 // FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
 // resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
+// PRE: the input was quantized by launch_quantize_q8 (else each block quantizes it itself).
 // The grid may be smaller than the row groups (it is capped so that the per-block input
 // quantization is not repeated thousands of times): blocks then walk the groups in strides.
-template <bool SWIGLU, TensorType FIXED>
+//
+// Programmatic dependent launch (Hopper): the launch may begin while the previous kernel is
+// still running. Before griddepcontrol.wait a block touches nothing that kernel writes: it
+// lets the next kernel launch, and asks L2 for the first bytes of its own weight rows (the
+// weights are constant), so a chain of small matvecs overlaps its launches and first DRAM trips.
+template <bool SWIGLU, TensorType FIXED, bool PRE>
 __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p) {
-    extern __shared__ int4 q8_smem[];
-    int8_t* sq = reinterpret_cast<int8_t*>(q8_smem);
-    float2* sd = reinterpret_cast<float2*>(sq + p.K);
-    load_input(p, sq, sd);
-
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpg = p.wpg;
     const int gib = wi / wpg, sub = wi - gib * wpg;
     const int per_block = kQ8Warps / wpg;
+    pdl_launch_dependents();
+    {
+        // The first group's two rows: 128-byte lines lane, lane + 32 of each (up to 8 KB).
+        const int group = blockIdx.x * per_block + gib;
+        int j = 0;
+        while (j < p.n_jobs && group >= p.group_end[j]) ++j;
+        if (j < p.n_jobs && !(SWIGLU && j > 0) && sub == 0) {
+            const QMatrix& m = p.jobs[j].w;
+            const int n0 = SWIGLU ? group : 2 * (group - (j ? p.group_end[j - 1] : 0));
+            const uint8_t* r0 = m.data + size_t(n0) * m.row_bytes;
+            const uint8_t* r1 = SWIGLU ? p.jobs[1].w.data + size_t(n0) * p.jobs[1].w.row_bytes
+                                       : (n0 + 1 < m.N ? r0 + m.row_bytes : r0);
+            for (int off = 128 * lane; off < int(m.row_bytes) && off < 8192; off += 128 * 32) {
+                prefetch_l2(r0 + off);
+                prefetch_l2(r1 + off);
+            }
+        }
+    }
+    pdl_wait();
+    extern __shared__ int4 q8_smem[];
+    const int8_t* sq;
+    const float2* sd;
+    if constexpr (PRE) {
+        sq = p.src.pre.qs;
+        sd = p.src.pre.ds;
+    } else {
+        int8_t* q = reinterpret_cast<int8_t*>(q8_smem);
+        float2* d = reinterpret_cast<float2*>(q + p.K);
+        quantize_row_to_shared(p.src, p.K, q, d);
+        __syncthreads();
+        sq = q;
+        sd = d;
+    }
     __shared__ float red[kQ8Warps][2];
     for (int g0 = blockIdx.x; g0 * per_block < p.n_groups; g0 += gridDim.x) {
         const int group = g0 * per_block + gib;
@@ -467,12 +493,12 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
         }
         float acc[2] = {0.0f, 0.0f};
         if (live && FIXED != TensorType::F32) {
-            rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED>(r0, r1, p.K, sq, sd, lane + 32 * sub,
-                                                                       32 * wpg, acc);
+            rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE>(r0, r1, p.K, sq, sd, lane + 32 * sub,
+                                                                            32 * wpg, acc);
         } else if (live) {
             const int first = lane + 32 * sub, stride = 32 * wpg;
 #define MN_CASE(T) \
-    case T: rows_q8<T>(r0, r1, p.K, sq, sd, first, stride, acc); break;
+    case T: rows_q8<T, PRE>(r0, r1, p.K, sq, sd, first, stride, acc); break;
             switch (type) {
                 MN_CASE(TensorType::Q4_0)
                 MN_CASE(TensorType::Q4_1)
@@ -545,15 +571,15 @@ bool matvec_q8_supported(TensorType t) {
 }
 
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
-                        cudaStream_t stream) {
+                        bool pdl, cudaStream_t stream) {
     if (K < 32 || K % 32 != 0) throw Error("cuda quantize_q8: K must be a positive multiple of 32, got " + std::to_string(K));
-    quantize_q8_kernel<<<(K + kQuantThreads - 1) / kQuantThreads, kQuantThreads, 0, stream>>>(
-        x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
+    launch_kernel(pdl, quantize_q8_kernel, dim3((K + kQuantThreads - 1) / kQuantThreads), dim3(kQuantThreads), 0,
+                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, cudaStream_t stream) {
+                      int warps_per_row, int max_blocks, bool pdl, cudaStream_t stream) {
     if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
     if (K < 32 || K % 32 != 0 || K > kQ8MaxK)
         throw Error("cuda matvec_q8: K must be a multiple of 32 up to " + std::to_string(kQ8MaxK) + ", got " +
@@ -586,13 +612,16 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     const int per_block = kQ8Warps / wpg;
     int blocks = (groups + per_block - 1) / per_block;
     if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
-    const size_t smem = size_t(K) + size_t(K / 32) * sizeof(float2);
+    const bool pre = !src.x;
+    const size_t smem = pre ? 0 : size_t(K) + size_t(K / 32) * sizeof(float2);
     bool one_type = true;
     for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
     const TensorType t = one_type ? jobs[0].w.type : TensorType::F32;
-#define MN_LAUNCH(T)                                                                              \
-    if (swiglu_out) matvec_q8_kernel<true, T><<<blocks, kQ8Threads, smem, stream>>>(p);           \
-    else matvec_q8_kernel<false, T><<<blocks, kQ8Threads, smem, stream>>>(p);
+#define MN_LAUNCH(T)                                                                                          \
+    if (swiglu_out && pre) launch_kernel(pdl, matvec_q8_kernel<true, T, true>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
+    else if (swiglu_out) launch_kernel(pdl, matvec_q8_kernel<true, T, false>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
+    else if (pre) launch_kernel(pdl, matvec_q8_kernel<false, T, true>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
+    else launch_kernel(pdl, matvec_q8_kernel<false, T, false>, dim3(blocks), dim3(kQ8Threads), smem, stream, p);
     switch (t) {
         case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
         case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
