@@ -391,9 +391,10 @@ namespace {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 // Products larger than this quantize their input in a separate launch: their many blocks each
 // re-reading and quantizing the row cost more than the launch (H100, 7B geometry: the 76 MB
-// gate/up product took 42.7 us instead of 28.7 us with ~1000 blocks quantizing a 3584-wide row;
-// the 0.5B's products, 1-6 MB, gained from it).
-constexpr size_t kQ8InKernelMaxWeightBytes = size_t(8) << 20;
+// gate/up product took 42.7 us instead of 28.7 us with ~1000 blocks quantizing a 3584-wide row,
+// and tg128 ran at 383 tok/s with every product quantized apart vs 367 with the 7.2 MB ones in
+// the kernel; the 0.5B's products, 1-6 MB, gained from it: 1152 vs 1125 tok/s).
+constexpr size_t kQ8InKernelMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
 }  // namespace
 
 bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
