@@ -236,3 +236,33 @@ def test_integer_decode_split_and_float_path_agree(tmp_path, monkeypatch, wtype)
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos
+
+
+@pytest.mark.parametrize("geom", [dict(d_model=448, n_heads=7, n_kv_heads=1),    # head_dim 64, 7 heads per KV head
+                                  dict(d_model=512, n_heads=4, n_kv_heads=2),    # head_dim 128, 2 per KV head
+                                  dict(d_model=896, n_heads=7, n_kv_heads=7)],   # head_dim 128, no grouping
+                         ids=["hd64_g7", "hd128_g2", "hd128_g1"])
+def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch, geom):
+    # A 300-token prompt goes through as chunks of 256 and 44 rows (the second at position 256),
+    # with the f16 cache: the tensor-core prefill attention (fp16 Q and probabilities, fp32 scores,
+    # softmax and accumulation) against the fp32 tile kernel (METALLIC_CUDA_ATTN_PREFILL=0) and the
+    # CPU backend. Bounds: rel <= 1e-2 of every position's logits against the tile kernel, cosine
+    # >= 0.999 against the CPU; 2 and 4 warps per block give the same bits (same per-slot sums).
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="Q8_0", d_ff=384, vocab=300, seed=21,
+                       context_length=512, **geom)
+    tokens = np.random.default_rng(13).integers(0, 300, 300).tolist()
+    runs = {}
+    for mode in ("0", "1", "2", "4"):
+        monkeypatch.setenv("METALLIC_CUDA_ATTN_PREFILL", mode)
+        with Model(path, n_ctx=320, backend="cuda") as m:
+            runs[mode] = m.eval(tokens, all_logits=True)
+    monkeypatch.delenv("METALLIC_CUDA_ATTN_PREFILL")
+    with Model(path, n_ctx=320, backend="cpu") as c:
+        cpu = c.eval(tokens, all_logits=True)
+    np.testing.assert_array_equal(runs["2"], runs["4"])
+    for pos in range(len(tokens)):
+        assert rel(runs["1"][pos], runs["0"][pos]) < 1e-2, (pos, rel(runs["1"][pos], runs["0"][pos]))
+        assert top1_ok(runs["1"][pos], runs["0"][pos]), pos
+        assert cosine(runs["1"][pos], cpu[pos]) >= 0.999, pos
+    assert np.argmax(runs["1"][-1]) == np.argmax(runs["0"][-1])
+    print("max rel vs tile kernel", max(rel(runs["1"][p], runs["0"][p]) for p in range(len(tokens))))

@@ -795,6 +795,8 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.scratch = scratch_;
     a.kv_stored = fuse_rope;
     a.thread_per_key = attn_thread_per_key_;
+    // METALLIC_CUDA_ATTN_PREFILL=0: the fp32 prefill tile kernel instead of tensor cores (A/B tests).
+    if (const char* e = std::getenv("METALLIC_CUDA_ATTN_PREFILL")) a.prefill_tc = std::atoi(e);
     // Decode: the combine also writes the output quantized for the integer matvec (o projection).
     const bool q8_out = q8_enabled_ && cuda::attention_writes_q8(rows, s.head_dim);
     if (q8_out) {

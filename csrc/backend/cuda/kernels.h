@@ -112,6 +112,9 @@ struct AttentionArgs {
     int8_t* q8_qs = nullptr;
     float2* q8_ds = nullptr;
     bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
+    // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the
+    // fp32 tile kernel, for comparisons), 1 = warps per block by grid size, 2 or 4 = that many.
+    int prefill_tc = 1;
 };
 // Whether launch_attention writes the quantized output for these arguments.
 inline bool attention_writes_q8(int rows, int head_dim) { return rows == 1 && head_dim % 32 == 0 && head_dim <= 256; }
@@ -121,6 +124,10 @@ inline bool attention_writes_q8(int rows, int head_dim) { return rows == 1 && he
 constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
+// ---- attention_prefill.cu: many query rows over an f16 cache (head_dim 64 or 128), on tensor
+// cores; causal, GQA. Called by launch_attention once k and v are in the cache. ----
+bool attention_prefill_covers(const AttentionArgs& a);
+void launch_attention_prefill(const AttentionArgs& a, cudaStream_t stream);
 
 // ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and
 // log(sum(exp(x))) of the whole row into *lse_out. ----
