@@ -245,14 +245,17 @@ def test_integer_decode_split_and_float_path_agree(tmp_path, monkeypatch, wtype)
 def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch, geom):
     # A 300-token prompt goes through as chunks of 256 and 44 rows (the second at position 256),
     # with the f16 cache: the tensor-core prefill attention (fp16 Q and probabilities, fp32 scores,
-    # softmax and accumulation) against the fp32 tile kernel (METALLIC_CUDA_ATTN_PREFILL=0) and the
-    # CPU backend. Bounds: rel <= 1e-2 of every position's logits against the tile kernel, cosine
-    # >= 0.999 against the CPU; 2 and 4 warps per block give the same bits (same per-slot sums).
+    # softmax and accumulation), in each of its block configurations, against the fp32 tile kernel
+    # (METALLIC_CUDA_ATTN_PREFILL=0) and the CPU backend. Bounds: rel <= 1e-2 of every position's
+    # logits against the tile kernel, top-1 equal; against the CPU, cosine >= 0.999 or no more than
+    # 1e-4 below the tile kernel's own (the fp16 prefill GEMMs set that floor, not attention). Two
+    # and four slot groups per block give the same bits (each slot's sums are the same).
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="Q8_0", d_ff=384, vocab=300, seed=21,
                        context_length=512, **geom)
     tokens = np.random.default_rng(13).integers(0, 300, 300).tolist()
     runs = {}
-    for mode in ("0", "1", "2", "4"):
+    modes = ("0", "1", "2", "4", "22", "24")
+    for mode in modes:
         monkeypatch.setenv("METALLIC_CUDA_ATTN_PREFILL", mode)
         with Model(path, n_ctx=320, backend="cuda") as m:
             runs[mode] = m.eval(tokens, all_logits=True)
@@ -260,9 +263,14 @@ def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch
     with Model(path, n_ctx=320, backend="cpu") as c:
         cpu = c.eval(tokens, all_logits=True)
     np.testing.assert_array_equal(runs["2"], runs["4"])
-    for pos in range(len(tokens)):
-        assert rel(runs["1"][pos], runs["0"][pos]) < 1e-2, (pos, rel(runs["1"][pos], runs["0"][pos]))
-        assert top1_ok(runs["1"][pos], runs["0"][pos]), pos
-        assert cosine(runs["1"][pos], cpu[pos]) >= 0.999, pos
-    assert np.argmax(runs["1"][-1]) == np.argmax(runs["0"][-1])
-    print("max rel vs tile kernel", max(rel(runs["1"][p], runs["0"][p]) for p in range(len(tokens))))
+    np.testing.assert_array_equal(runs["22"], runs["24"])
+    for mode in modes[1:]:
+        for pos in range(len(tokens)):
+            assert rel(runs[mode][pos], runs["0"][pos]) < 1e-2, (mode, pos, rel(runs[mode][pos], runs["0"][pos]))
+            assert top1_ok(runs[mode][pos], runs["0"][pos]), (mode, pos)
+            floor = min(0.999, cosine(runs["0"][pos], cpu[pos]) - 1e-4)
+            assert cosine(runs[mode][pos], cpu[pos]) >= floor, (mode, pos)
+        assert np.argmax(runs[mode][-1]) == np.argmax(runs["0"][-1]), mode
+        print(mode, "max rel vs tile kernel", max(rel(runs[mode][p], runs["0"][p]) for p in range(len(tokens))),
+              "min cosine vs cpu", min(cosine(runs[mode][p], cpu[p]) for p in range(len(tokens))),
+              "tile kernel's", min(cosine(runs["0"][p], cpu[p]) for p in range(len(tokens))))

@@ -7,6 +7,10 @@
 // fewer cache reads than a block per query head). Each warp owns 16 slots (the
 // M of mma.m16n8k16) and walks the keys in tiles of 64, double-buffered in
 // shared memory with cp.async so the next tile's load overlaps this tile's math.
+// A warp's walk over the keys is a chain of dependent steps, and a 512-row
+// prefill has only a few warps per SM, so with SPLIT = 2 two warps share each
+// 16 slots, one taking the first 32 keys of every tile and one the last 32; their
+// partial (max, sum, output) meet in shared memory at the end.
 //
 // Numerics: Q is scaled in fp32 by log2(e) / sqrt(head_dim) and rounded once to
 // fp16 (the cache already holds K and V as fp16); Q K^T accumulates in fp32, the
@@ -67,20 +71,21 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// grid (ceil(rows * G / (16 * WARPS)), n_kv_heads), WARPS * 32 threads.
-// Fragment ownership (mma.m16n8k16): lane = 4 g + t holds slots g and g + 8 of its warp's 16
+// grid (ceil(rows * G / (16 * WARPS)), n_kv_heads), WARPS * SPLIT * 32 threads: warp w takes
+// slot group w % WARPS and key part w / WARPS. Fragment ownership (mma.m16n8k16): lane = 4 g + t holds slots g and g + 8 of its warp's 16
 // ("A" and "B" below) and, of each 8-wide column tile, columns 2t and 2t + 1.
-template <int HD, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32)
+template <int HD, int WARPS, int SPLIT>
+__global__ void __launch_bounds__(WARPS * SPLIT * 32)
     attn_prefill_tc_kernel(const float* __restrict__ q, const __half* __restrict__ kc, const __half* __restrict__ vc,
                            int n_ctx, const int* __restrict__ pos0p, int rows, int n_heads, int n_kv_heads,
                            float* __restrict__ out) {
     constexpr int kStride = HD + 8;  // halves per smem row: 16 bytes of pad put ldmatrix's 8 rows on distinct banks
     constexpr int kSlots = 16 * WARPS;
-    constexpr int kThreadsTc = 32 * WARPS;
+    constexpr int kThreadsTc = 32 * WARPS * SPLIT;
     constexpr int KS = HD / 16;  // k-steps of Q K^T
     constexpr int DT = HD / 8;   // 8-wide column tiles of the output
-    constexpr int NT = kKeyTile / 8;
+    constexpr int kWarpKeys = kKeyTile / SPLIT;  // keys of each tile that one warp scores
+    constexpr int NT = kWarpKeys / 8;
     constexpr int kTileHalves = kKeyTile * kStride;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __half* sk = reinterpret_cast<__half*>(smem_raw);  // [2][kKeyTile][kStride]
@@ -92,7 +97,8 @@ __global__ void __launch_bounds__(WARPS * 32)
     // Blocks of later rows see more keys; issuing them first keeps the tail of the grid short.
     const int slot0 = (gridDim.x - 1 - blockIdx.x) * kSlots;
     const int pos0 = *pos0p;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) % WARPS, part = (threadIdx.x >> 5) / WARPS;
+    const int koff = part * kWarpKeys;  // this warp's keys in each tile
     const int g8 = lane >> 2, t4 = lane & 3;
 
     const int n_keys = pos0 + min(n_slots - 1, slot0 + kSlots - 1) / group + 1;  // keys any slot of the block sees
@@ -151,8 +157,9 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
     for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     // Running max (log2 units) and this thread's share of the row sums; the shares of a quad
-    // are added once at the end. The max starts at -inf: tile 0 holds key 0, which every slot
-    // sees, so it is finite after the first tile and exp2(m_old - m_new) never sees -inf - -inf.
+    // are added once at the end. The max stays -inf while all of a row's keys so far were
+    // masked (only possible for key part 1, whose first keys are 32..63); exponents are then
+    // taken against 0 instead, so no -inf - -inf appears and the row keeps l = 0, o = 0.
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
     for (int tile = 0; tile < n_tiles; ++tile) {
@@ -164,7 +171,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
         __syncthreads();
         const int k0 = tile * kKeyTile;
-        if (k0 < w_keys) {  // warp-uniform: tiles wholly past this warp's rows are skipped
+        if (k0 + koff < w_keys) {  // warp-uniform: tiles wholly past this warp's rows are skipped
             const uint32_t kt = sk0 + uint32_t(tile & 1) * kTileHalves * 2;
             const uint32_t vt = sv0 + uint32_t(tile & 1) * kTileHalves * 2;
             float s[NT][4];
@@ -175,16 +182,16 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
                 for (int k2 = 0; k2 < KS / 2; ++k2) {
                     uint32_t b0, b1, b2, b3;
-                    ldsm_x4(kt + uint32_t((8 * nt + (lane & 7)) * kStride + 32 * k2 + (lane >> 3) * 8) * 2, b0, b1,
+                    ldsm_x4(kt + uint32_t((koff + 8 * nt + (lane & 7)) * kStride + 32 * k2 + (lane >> 3) * 8) * 2, b0, b1,
                             b2, b3);
                     mma16816(s[nt], qf[2 * k2], b0, b1);
                     mma16816(s[nt], qf[2 * k2 + 1], b2, b3);
                 }
             }
-            if (k0 + kKeyTile > w_unmasked) {  // causal mask, only on tiles that reach some slot's diagonal
+            if (k0 + koff + kWarpKeys > w_unmasked) {  // causal mask, only on tiles that reach a diagonal
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
-                    const int key = k0 + 8 * nt + 2 * t4;
+                    const int key = k0 + koff + 8 * nt + 2 * t4;
                     if (key > qpos_a) s[nt][0] = -INFINITY;
                     if (key + 1 > qpos_a) s[nt][1] = -INFINITY;
                     if (key > qpos_b) s[nt][2] = -INFINITY;
@@ -202,7 +209,8 @@ __global__ void __launch_bounds__(WARPS * 32)
                 mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
                 mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
             }
-            const float corr_a = exp2f(m_a - mx_a), corr_b = exp2f(m_b - mx_b);
+            const float ref_a = mx_a == -INFINITY ? 0.0f : mx_a, ref_b = mx_b == -INFINITY ? 0.0f : mx_b;
+            const float corr_a = exp2f(m_a - ref_a), corr_b = exp2f(m_b - ref_b);
             m_a = mx_a;
             m_b = mx_b;
             l_a *= corr_a;
@@ -216,17 +224,17 @@ __global__ void __launch_bounds__(WARPS * 32)
             }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                s[nt][0] = exp2f(s[nt][0] - m_a);
-                s[nt][1] = exp2f(s[nt][1] - m_a);
-                s[nt][2] = exp2f(s[nt][2] - m_b);
-                s[nt][3] = exp2f(s[nt][3] - m_b);
+                s[nt][0] = exp2f(s[nt][0] - ref_a);
+                s[nt][1] = exp2f(s[nt][1] - ref_a);
+                s[nt][2] = exp2f(s[nt][2] - ref_b);
+                s[nt][3] = exp2f(s[nt][3] - ref_b);
                 l_a += s[nt][0] + s[nt][1];
                 l_b += s[nt][2] + s[nt][3];
             }
             // P V: the score accumulators of key tiles 2c and 2c + 1 are exactly the A fragment
             // of keys 16c .. 16c + 15, so P never leaves registers.
 #pragma unroll
-            for (int c = 0; c < kKeyTile / 16; ++c) {
+            for (int c = 0; c < kWarpKeys / 16; ++c) {
                 const uint32_t pa[4] = {pack_half2(s[2 * c][0], s[2 * c][1]), pack_half2(s[2 * c][2], s[2 * c][3]),
                                         pack_half2(s[2 * c + 1][0], s[2 * c + 1][1]),
                                         pack_half2(s[2 * c + 1][2], s[2 * c + 1][3])};
@@ -234,7 +242,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
                 for (int d2 = 0; d2 < DT / 2; ++d2) {
                     uint32_t b0, b1, b2, b3;
-                    ldsm_x4_t(vt + uint32_t((16 * c + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + 16 * d2 +
+                    ldsm_x4_t(vt + uint32_t((koff + 16 * c + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + 16 * d2 +
                                             (lane >> 4) * 8) *
                                        2,
                               b0, b1, b2, b3);
@@ -251,6 +259,39 @@ __global__ void __launch_bounds__(WARPS * 32)
         l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
         l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
     }
+    if constexpr (SPLIT == 2) {
+        // Part 1 hands its partials to part 0 through the (now idle) tile buffers, in fragment
+        // order: the thread of the same lane in the partner warp reads exactly what it needs.
+        // The loop's last barrier guarantees no warp still reads the tiles.
+        float* xo = reinterpret_cast<float*>(smem_raw);  // [WARPS][DT][32][4]
+        float* xm = xo + WARPS * DT * 32 * 4;          // [WARPS][32][4]: m_a, m_b, l_a, l_b
+        static_assert(size_t(WARPS) * (DT + 1) * 32 * 4 * sizeof(float) <= 4 * kTileHalves * sizeof(__half),
+                      "partials must fit in the tile buffers");
+        if (part == 1) {
+#pragma unroll
+            for (int i = 0; i < DT; ++i)
+                *reinterpret_cast<float4*>(xo + ((warp * DT + i) * 32 + lane) * 4) =
+                    make_float4(o[i][0], o[i][1], o[i][2], o[i][3]);
+            *reinterpret_cast<float4*>(xm + (warp * 32 + lane) * 4) = make_float4(m_a, m_b, l_a, l_b);
+        }
+        __syncthreads();
+        if (part == 1) return;
+        const float4 pm = *reinterpret_cast<const float4*>(xm + (warp * 32 + lane) * 4);
+        // Part 0 always saw key 0, so its max is finite and so is the joint one.
+        const float mj_a = fmaxf(m_a, pm.x), mj_b = fmaxf(m_b, pm.y);
+        const float w0a = exp2f(m_a - mj_a), w1a = exp2f(pm.x - mj_a);
+        const float w0b = exp2f(m_b - mj_b), w1b = exp2f(pm.y - mj_b);
+        l_a = l_a * w0a + pm.z * w1a;
+        l_b = l_b * w0b + pm.w * w1b;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+            const float4 po = *reinterpret_cast<const float4*>(xo + ((warp * DT + i) * 32 + lane) * 4);
+            o[i][0] = o[i][0] * w0a + po.x * w1a;
+            o[i][1] = o[i][1] * w0a + po.y * w1a;
+            o[i][2] = o[i][2] * w0b + po.z * w1b;
+            o[i][3] = o[i][3] * w0b + po.w * w1b;
+        }
+    }
     const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
     if (wslot + g8 < n_slots) {
         float* oa = out + (size_t(ra) * n_heads + ha) * HD + 2 * t4;
@@ -264,29 +305,40 @@ __global__ void __launch_bounds__(WARPS * 32)
     }
 }
 
-template <int HD, int WARPS>
+template <int HD, int WARPS, int SPLIT>
 void launch_tc(const AttentionArgs& a, cudaStream_t stream) {
-    const auto kernel = attn_prefill_tc_kernel<HD, WARPS>;
+    const auto kernel = attn_prefill_tc_kernel<HD, WARPS, SPLIT>;
     const size_t smem = size_t(4) * kKeyTile * (HD + 8) * sizeof(__half);  // K and V, two buffers each
     // Above 48 KiB (head_dim 128: 68 KiB) dynamic shared memory must be asked for per kernel.
     MN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const int slots = a.rows * (a.n_heads / a.n_kv_heads);
     const dim3 grid((slots + 16 * WARPS - 1) / (16 * WARPS), a.n_kv_heads);
-    kernel<<<grid, 32 * WARPS, smem, stream>>>(a.q, static_cast<const __half*>(a.k_cache),
+    kernel<<<grid, 32 * WARPS * SPLIT, smem, stream>>>(a.q, static_cast<const __half*>(a.k_cache),
                                                static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0, a.rows,
                                                a.n_heads, a.n_kv_heads, a.out);
     MN_CUDA_CHECK_LAUNCH("attn_prefill_tc_kernel");
 }
 
-// Warps per block: 4 (64 slots per K/V tile read) unless that leaves fewer than two blocks per
-// SM, where 2 (32 slots) spreads the causal triangle's uneven work over more blocks.
-int pick_warps(const AttentionArgs& a) {
-    if (a.prefill_tc == 2 || a.prefill_tc == 4) return a.prefill_tc;
+// The configuration as 10 * SPLIT + WARPS (slot groups per block). Forced by prefill_tc 2, 4,
+// 22, 24; else 4 slot groups (64 slots per K/V tile read) unless that leaves fewer than two
+// blocks per SM, where 2 spread the causal triangle's uneven work over more blocks.
+int pick_config(const AttentionArgs& a) {
+    if (a.prefill_tc == 2 || a.prefill_tc == 4 || a.prefill_tc == 22 || a.prefill_tc == 24) return a.prefill_tc;
     int dev = 0, n_sm = 0;
     MN_CUDA_CHECK(cudaGetDevice(&dev));
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     const long blocks4 = long(a.rows * (a.n_heads / a.n_kv_heads) + 63) / 64 * a.n_kv_heads;
     return blocks4 >= 2L * n_sm ? 4 : 2;
+}
+
+template <int HD>
+void launch_hd(const AttentionArgs& a, int config, cudaStream_t stream) {
+    switch (config) {
+        case 4: launch_tc<HD, 4, 1>(a, stream); break;
+        case 22: launch_tc<HD, 2, 2>(a, stream); break;
+        case 24: launch_tc<HD, 4, 2>(a, stream); break;
+        default: launch_tc<HD, 2, 1>(a, stream); break;
+    }
 }
 
 }  // namespace
@@ -298,14 +350,9 @@ bool attention_prefill_covers(const AttentionArgs& a) {
 
 void launch_attention_prefill(const AttentionArgs& a, cudaStream_t stream) {
     if (!attention_prefill_covers(a)) throw Error("cuda attention: the tensor-core prefill kernel does not cover this shape");
-    const int warps = pick_warps(a);
-    if (a.head_dim == 64) {
-        if (warps == 4) launch_tc<64, 4>(a, stream);
-        else launch_tc<64, 2>(a, stream);
-    } else {
-        if (warps == 4) launch_tc<128, 4>(a, stream);
-        else launch_tc<128, 2>(a, stream);
-    }
+    const int config = pick_config(a);
+    if (a.head_dim == 64) launch_hd<64>(a, config, stream);
+    else launch_hd<128>(a, config, stream);
 }
 
 }  // namespace mn::cuda
