@@ -254,7 +254,7 @@ def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch
                        context_length=512, **geom)
     tokens = np.random.default_rng(13).integers(0, 300, 300).tolist()
     runs = {}
-    modes = ("0", "1", "2", "4", "22", "24")
+    modes = ("0", "1", "2", "4", "22", "24", "42")
     for mode in modes:
         monkeypatch.setenv("METALLIC_CUDA_ATTN_PREFILL", mode)
         with Model(path, n_ctx=320, backend="cuda") as m:

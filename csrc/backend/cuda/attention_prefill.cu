@@ -8,9 +8,9 @@
 // M of mma.m16n8k16) and walks the keys in tiles of 64, double-buffered in
 // shared memory with cp.async so the next tile's load overlaps this tile's math.
 // A warp's walk over the keys is a chain of dependent steps, and a 512-row
-// prefill has only a few warps per SM, so with SPLIT = 2 two warps share each
-// 16 slots, one taking the first 32 keys of every tile and one the last 32; their
-// partial (max, sum, output) meet in shared memory at the end.
+// prefill has only a few warps per SM, so with SPLIT = 2 (4) two (four) warps
+// share each 16 slots, each taking its 32 (16) keys of every tile; their partial
+// (max, sum, output) meet in shared memory at the end.
 //
 // Numerics: Q is scaled in fp32 by log2(e) / sqrt(head_dim) and rounded once to
 // fp16 (the cache already holds K and V as fp16); Q K^T accumulates in fp32, the
@@ -259,37 +259,45 @@ __global__ void __launch_bounds__(WARPS * SPLIT * 32)
         l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
         l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
     }
-    if constexpr (SPLIT == 2) {
-        // Part 1 hands its partials to part 0 through the (now idle) tile buffers, in fragment
+    if constexpr (SPLIT > 1) {
+        // Parts 1.. hand their partials to part 0 through the (now idle) tile buffers, in fragment
         // order: the thread of the same lane in the partner warp reads exactly what it needs.
         // The loop's last barrier guarantees no warp still reads the tiles.
-        float* xo = reinterpret_cast<float*>(smem_raw);  // [WARPS][DT][32][4]
-        float* xm = xo + WARPS * DT * 32 * 4;          // [WARPS][32][4]: m_a, m_b, l_a, l_b
-        static_assert(size_t(WARPS) * (DT + 1) * 32 * 4 * sizeof(float) <= 4 * kTileHalves * sizeof(__half),
+        float* xo = reinterpret_cast<float*>(smem_raw);   // [SPLIT - 1][WARPS][DT][32][4]
+        float* xm = xo + (SPLIT - 1) * WARPS * DT * 128;  // [SPLIT - 1][WARPS][32][4]: m_a, m_b, l_a, l_b
+        static_assert(size_t(SPLIT - 1) * WARPS * (DT + 1) * 128 * sizeof(float) <= 4 * kTileHalves * sizeof(__half),
                       "partials must fit in the tile buffers");
-        if (part == 1) {
+        if (part > 0) {
+            const int x = (part - 1) * WARPS + warp;
 #pragma unroll
             for (int i = 0; i < DT; ++i)
-                *reinterpret_cast<float4*>(xo + ((warp * DT + i) * 32 + lane) * 4) =
+                *reinterpret_cast<float4*>(xo + ((x * DT + i) * 32 + lane) * 4) =
                     make_float4(o[i][0], o[i][1], o[i][2], o[i][3]);
-            *reinterpret_cast<float4*>(xm + (warp * 32 + lane) * 4) = make_float4(m_a, m_b, l_a, l_b);
+            *reinterpret_cast<float4*>(xm + (x * 32 + lane) * 4) = make_float4(m_a, m_b, l_a, l_b);
         }
         __syncthreads();
-        if (part == 1) return;
-        const float4 pm = *reinterpret_cast<const float4*>(xm + (warp * 32 + lane) * 4);
-        // Part 0 always saw key 0, so its max is finite and so is the joint one.
-        const float mj_a = fmaxf(m_a, pm.x), mj_b = fmaxf(m_b, pm.y);
-        const float w0a = exp2f(m_a - mj_a), w1a = exp2f(pm.x - mj_a);
-        const float w0b = exp2f(m_b - mj_b), w1b = exp2f(pm.y - mj_b);
-        l_a = l_a * w0a + pm.z * w1a;
-        l_b = l_b * w0b + pm.w * w1b;
+        if (part > 0) return;
+        // Part 0 always saw key 0, so its max is finite and so is every joint one; a part that
+        // saw no key (max -inf) gets weight 0.
 #pragma unroll
-        for (int i = 0; i < DT; ++i) {
-            const float4 po = *reinterpret_cast<const float4*>(xo + ((warp * DT + i) * 32 + lane) * 4);
-            o[i][0] = o[i][0] * w0a + po.x * w1a;
-            o[i][1] = o[i][1] * w0a + po.y * w1a;
-            o[i][2] = o[i][2] * w0b + po.z * w1b;
-            o[i][3] = o[i][3] * w0b + po.w * w1b;
+        for (int p = 1; p < SPLIT; ++p) {
+            const int x = (p - 1) * WARPS + warp;
+            const float4 pm = *reinterpret_cast<const float4*>(xm + (x * 32 + lane) * 4);
+            const float mj_a = fmaxf(m_a, pm.x), mj_b = fmaxf(m_b, pm.y);
+            const float w0a = exp2f(m_a - mj_a), w1a = exp2f(pm.x - mj_a);
+            const float w0b = exp2f(m_b - mj_b), w1b = exp2f(pm.y - mj_b);
+            m_a = mj_a;
+            m_b = mj_b;
+            l_a = l_a * w0a + pm.z * w1a;
+            l_b = l_b * w0b + pm.w * w1b;
+#pragma unroll
+            for (int i = 0; i < DT; ++i) {
+                const float4 po = *reinterpret_cast<const float4*>(xo + ((x * DT + i) * 32 + lane) * 4);
+                o[i][0] = o[i][0] * w0a + po.x * w1a;
+                o[i][1] = o[i][1] * w0a + po.y * w1a;
+                o[i][2] = o[i][2] * w0b + po.z * w1b;
+                o[i][3] = o[i][3] * w0b + po.w * w1b;
+            }
         }
     }
     const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
@@ -320,10 +328,12 @@ void launch_tc(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 // The configuration as 10 * SPLIT + WARPS (slot groups per block). Forced by prefill_tc 2, 4,
-// 22, 24; else 4 slot groups (64 slots per K/V tile read) unless that leaves fewer than two
+// 22, 24, 42; else 4 slot groups (64 slots per K/V tile read) unless that leaves fewer than two
 // blocks per SM, where 2 spread the causal triangle's uneven work over more blocks.
 int pick_config(const AttentionArgs& a) {
-    if (a.prefill_tc == 2 || a.prefill_tc == 4 || a.prefill_tc == 22 || a.prefill_tc == 24) return a.prefill_tc;
+    if (a.prefill_tc == 2 || a.prefill_tc == 4 || a.prefill_tc == 22 || a.prefill_tc == 24 ||
+        a.prefill_tc == 42)
+        return a.prefill_tc;
     int dev = 0, n_sm = 0;
     MN_CUDA_CHECK(cudaGetDevice(&dev));
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
@@ -337,6 +347,7 @@ void launch_hd(const AttentionArgs& a, int config, cudaStream_t stream) {
         case 4: launch_tc<HD, 4, 1>(a, stream); break;
         case 22: launch_tc<HD, 2, 2>(a, stream); break;
         case 24: launch_tc<HD, 4, 2>(a, stream); break;
+        case 42: launch_tc<HD, 2, 4>(a, stream); break;
         default: launch_tc<HD, 2, 1>(a, stream); break;
     }
 }

@@ -114,7 +114,8 @@ struct AttentionArgs {
     bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
     // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the
     // fp32 tile kernel, for comparisons), 1 = picked by grid size; forced: 2 or 4 warps per block,
-    // 22 or 24 = 2 or 4 slot groups with the keys of each split over two warps.
+    // 22 or 24 = 2 or 4 slot groups with the keys of each tile split over two warps, 42 = 2 slot
+    // groups with them split over four.
     int prefill_tc = 1;
 };
 // Whether launch_attention writes the quantized output for these arguments.
