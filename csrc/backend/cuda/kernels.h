@@ -112,10 +112,10 @@ struct AttentionArgs {
     int8_t* q8_qs = nullptr;
     float2* q8_ds = nullptr;
     bool thread_per_key = false;  // the older split kernel (a thread per key), for comparisons
-    // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the
-    // fp32 tile kernel, for comparisons), 1 = picked by grid size; forced: 2 or 4 warps per block,
-    // 22 or 24 = 2 or 4 slot groups with the keys of each tile split over two warps, 42 = 2 slot
-    // groups with them split over four.
+    // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
+    // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
+    // 16 slots with each tile's keys split over two warps; 42 = 2 groups, keys split over four;
+    // anything else = 22 (the fastest measured on both Qwen2.5 geometries).
     int prefill_tc = 1;
 };
 // Whether launch_attention writes the quantized output for these arguments.
