@@ -254,3 +254,41 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos
+
+
+@pytest.mark.parametrize("geom", [dict(d_model=448, n_heads=7, n_kv_heads=1),    # head_dim 64, 7 heads per KV head
+                                  dict(d_model=512, n_heads=4, n_kv_heads=2),    # head_dim 128, 2 per KV head
+                                  dict(d_model=896, n_heads=7, n_kv_heads=7)],   # head_dim 128, no grouping
+                         ids=["hd64_g7", "hd128_g2", "hd128_g1"])
+def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch, geom):
+    # A 300-token prompt goes through as chunks of 256 and 44 rows (the second at position 256),
+    # with the f16 cache: the tensor-core prefill attention (fp16 Q and probabilities, fp32 scores,
+    # softmax and accumulation), in each of its block configurations, against the fp32 tile kernel
+    # (METALLIC_CUDA_ATTN_PREFILL=0) and the CPU backend. Bounds: rel <= 1e-2 of every position's
+    # logits against the tile kernel, top-1 equal; against the CPU, cosine >= 0.999 or no more than
+    # 1e-4 below the tile kernel's own (the fp16 prefill GEMMs set that floor, not attention). Two
+    # and four slot groups per block give the same bits (each slot's sums are the same).
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="Q8_0", d_ff=384, vocab=300, seed=21,
+                       context_length=512, **geom)
+    tokens = np.random.default_rng(13).integers(0, 300, 300).tolist()
+    runs = {}
+    modes = ("0", "1", "2", "4", "22", "24", "42")
+    for mode in modes:
+        monkeypatch.setenv("METALLIC_CUDA_ATTN_PREFILL", mode)
+        with Model(path, n_ctx=320, backend="cuda") as m:
+            runs[mode] = m.eval(tokens, all_logits=True)
+    monkeypatch.delenv("METALLIC_CUDA_ATTN_PREFILL")
+    with Model(path, n_ctx=320, backend="cpu") as c:
+        cpu = c.eval(tokens, all_logits=True)
+    np.testing.assert_array_equal(runs["2"], runs["4"])
+    np.testing.assert_array_equal(runs["22"], runs["24"])
+    for mode in modes[1:]:
+        for pos in range(len(tokens)):
+            assert rel(runs[mode][pos], runs["0"][pos]) < 1e-2, (mode, pos, rel(runs[mode][pos], runs["0"][pos]))
+            assert top1_ok(runs[mode][pos], runs["0"][pos]), (mode, pos)
+            floor = min(0.999, cosine(runs["0"][pos], cpu[pos]) - 1e-4)
+            assert cosine(runs[mode][pos], cpu[pos]) >= floor, (mode, pos)
+        assert np.argmax(runs[mode][-1]) == np.argmax(runs["0"][-1]), mode
+        print(mode, "max rel vs tile kernel", max(rel(runs[mode][p], runs["0"][p]) for p in range(len(tokens))),
+              "min cosine vs cpu", min(cosine(runs[mode][p], cpu[p]) for p in range(len(tokens))),
+              "tile kernel's", min(cosine(runs["0"][p], cpu[p]) for p in range(len(tokens))))

@@ -703,6 +703,10 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
                 a.n_kv_heads, hd);
             MN_CUDA_CHECK_LAUNCH("store_kv_kernel");
         }
+        if (attention_prefill_covers(a)) {
+            launch_attention_prefill(a, stream);
+            return;
+        }
         attn_tile_kernel<<<dim3((a.rows + kTileQ - 1) / kTileQ, a.n_heads), kThreads, 0, stream>>>(
             a.q, static_cast<const __half*>(a.k_cache), static_cast<const __half*>(a.v_cache), a.n_ctx, a.pos0,
             a.rows, a.n_heads, a.n_kv_heads, hd, a.out);

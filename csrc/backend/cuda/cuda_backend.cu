@@ -181,6 +181,7 @@ private:
 
     bool q8_enabled_ = true;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
+    int attn_prefill_tc_ = 1;  // METALLIC_CUDA_ATTN_PREFILL: tensor-core prefill attention variant (0: off)
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
     // Grid cap of the integer matvec: a few blocks per SM, each walking several row groups, so
     // that the input row is quantized by ~1000 blocks rather than by up to ~5000.
@@ -219,6 +220,8 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_Q8")) q8_enabled_ = std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_WARPS")) q8_warps_ = std::atoi(q);
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_THREAD_PER_KEY")) attn_thread_per_key_ = std::string(q) == "1";
+    // METALLIC_CUDA_ATTN_PREFILL=0: the fp32 prefill tile kernel instead of tensor cores (A/B tests).
+    if (const char* q = std::getenv("METALLIC_CUDA_ATTN_PREFILL")) attn_prefill_tc_ = std::atoi(q);
     int sms = 0;
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
     q8_max_blocks_ = 8 * sms;
@@ -825,6 +828,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.out = out.f32();
     a.scratch = scratch_;
     a.thread_per_key = attn_thread_per_key_;
+    a.prefill_tc = attn_prefill_tc_;
     cuda::launch_attention(a, stream_);
 }
 

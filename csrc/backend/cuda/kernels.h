@@ -128,6 +128,11 @@ struct AttentionArgs {
     bool rope_neox = false;
     int* counters = nullptr;
     bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
+    // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
+    // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
+    // 16 slots with each tile's keys split over two warps; 42 = 2 groups, keys split over four;
+    // anything else = 22 (the fastest measured on both Qwen2.5 geometries).
+    int prefill_tc = 1;
 };
 // Whether launch_attention runs these arguments as one fused decode kernel (one row: RoPE,
 // the KV store, the chunked attention and their combine), which needs AttentionArgs.counters.
@@ -140,6 +145,10 @@ inline bool attention_decode_fused(int rows, int head_dim, bool thread_per_key) 
 constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
+// ---- attention_prefill.cu: many query rows over an f16 cache (head_dim 64 or 128), on tensor
+// cores; causal, GQA. Called by launch_attention once k and v are in the cache. ----
+bool attention_prefill_covers(const AttentionArgs& a);
+void launch_attention_prefill(const AttentionArgs& a, cudaStream_t stream);
 
 // ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and
 // log(sum(exp(x))) of the whole row into *lse_out. ----
