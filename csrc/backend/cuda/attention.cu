@@ -2,10 +2,13 @@
 //
 // The keys of each query row are split into chunks (flash-decoding): one block
 // scores one chunk for one head, keeps the chunk's max, sum and unnormalized
-// output, and a second kernel combines the chunks. Decode then spreads one
-// row's work over many SMs, and the grid depends only on n_ctx, so the launch
-// can be recorded in a CUDA graph and replayed while the position (read from
-// device memory) moves on.
+// output, and the chunks are combined. Decode then spreads one row's work over
+// many SMs, and the grid depends only on n_ctx, so the launch can be recorded
+// in a CUDA graph and replayed while the position (read from device memory)
+// moves on. A decode row (attn_decode_kernel) does it all in one launch: RoPE,
+// the KV store, the chunks and, in the last block of each head, the combine.
+// Few-row batches use the split kernels and a combine launch; prefill uses
+// tile kernels (attention_prefill.cu on tensor cores, attn_tile_kernel here).
 #include <algorithm>
 #include <cmath>
 

@@ -6,9 +6,12 @@
 // that share one input (q, k, v; gate, up) become one launch, the norm that
 // produced that input is computed inside it, a following add() of a matmul's
 // output into the residual stream is done by the matmul, and a SwiGLU of
-// gate and up is done by the launch that computes them. Every other op, and
-// every read, first launches what is pending, in order, so the results are
-// those of the ops one by one.
+// gate and up is done by the launch that computes them; in a decode step,
+// RoPE is done by the attention kernel, and the one-row integer matvecs
+// quantize their input themselves (matvec_q8.cu). Every other op, and every
+// read, first launches what is pending, in order, so the results are those of
+// the ops one by one. Decode kernels run as programmatic dependent launches on
+// sm_90 (common.cuh), so each one's launch overlaps the tail of the one before.
 //
 // Graphs. A step the transformer marks replayable (a decode step: one row, no
 // reads before its output) is run eagerly the first time, recorded the second
