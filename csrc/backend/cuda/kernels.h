@@ -2,10 +2,12 @@
 // Every launcher enqueues on `stream` and checks the launch; none synchronizes.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "quant/formats.h"
 
@@ -76,6 +78,46 @@ inline bool matvec_q8_writes_swiglu_q8(int N) { return N % 32 == 0; }
 void launch_row_scale(const float* x, int rows, int K, float* row_scale, cudaStream_t stream);
 void launch_gemm(const QMatrix& w, const float* x, int rows, float* out, const float* bias, float* residual,
                  const float* row_scale, cudaStream_t stream);
+
+// ---- gemm_cublas.cu: many activation rows through cuBLAS (loaded at run time) on fp16
+// weights dequantized a slice at a time into scratch this object owns (transient working
+// memory for one product, never a copy of the model). launch_gemm stays the fallback. ----
+class CublasGemm {
+public:
+    CublasGemm();  // reads METALLIC_CUDA_CUBLAS (0: off, 1: required) and the tuning knobs; loads nothing
+    ~CublasGemm();  // the owner synchronizes its stream first
+    CublasGemm(const CublasGemm&) = delete;
+    CublasGemm& operator=(const CublasGemm&) = delete;
+
+    // Whether a product of this many rows goes through cuBLAS; the first call that needs it loads
+    // the library and creates the handle on `stream` (an mn::Error when that fails and
+    // METALLIC_CUDA_CUBLAS=1). Not during a CUDA graph capture: the first use allocates.
+    bool wants(int rows, cudaStream_t stream);
+    // What launch_gemm does for every job (width K; out_j, bias_j, residual_j as there), and with
+    // swiglu_out set (jobs 0 and 1: gate and up of one height, no residual) also
+    // swiglu_out = silu(gate) * up. x is [rows][K] fp32.
+    void run(const MatvecJob* jobs, int n_jobs, const float* x, int rows, int K, float* swiglu_out,
+             cudaStream_t stream);
+
+private:
+    struct Api;
+    bool load(cudaStream_t stream);
+
+    enum Mode { Auto, Off, Required } mode_ = Auto;
+    int min_rows_ = 32;
+    size_t slice_bytes_ = size_t(64) << 20;
+    int slice_rows_ = 0;  // fixed rows per slice when > 0 (tests)
+    bool tried_ = false;
+    void* lib_ = nullptr;
+    void* handle_ = nullptr;
+    std::unique_ptr<Api> api_;
+    __half* w16_ = nullptr;  // one slice of dequantized weight rows
+    size_t w16_capacity_ = 0;
+    __half* x16_ = nullptr;  // the scaled fp16 activations
+    size_t x16_capacity_ = 0;
+    float* scale_ = nullptr;  // per-row scales of x16_
+    size_t scale_capacity_ = 0;
+};
 
 // ---- elementwise.cu ----
 void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, cudaStream_t stream);

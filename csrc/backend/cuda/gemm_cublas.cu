@@ -1,0 +1,329 @@
+// Prefill matrix products through cuBLAS on dequantized weights.
+//
+// For many activation rows the product is compute-bound, and cuBLAS's fp16
+// tensor-core GEMMs run several times faster than gemm.cu's WMMA kernel. The
+// weight is dequantized to fp16 into a scratch buffer, a slice of its rows at
+// a time (at most kDefaultSliceBytes, so that a huge matrix such as a
+// vocabulary-sized output head never needs a huge buffer); the activation rows
+// are converted to fp16 once per launch with a per-row power-of-two scale (as
+// gemm.cu does, so fp16 cannot overflow); cublasGemmEx multiplies with fp32
+// accumulation straight into the fp32 output; one epilogue kernel divides the
+// row scale back out and adds the bias and the residual (and, for gate and up,
+// computes the SwiGLU).
+//
+// The scratch is transient working memory for one product at a time: it is
+// overwritten by the next slice and never holds a copy of the model.
+//
+// cuBLAS is not linked: the build machine need not have it. It is loaded at
+// run time with dlopen (libcublas.so.<CUDA major>), and the few C entry points
+// used are declared here with their enum arguments as plain ints (values of
+// cublas_api.h). When it cannot be loaded the backend keeps gemm.cu's kernel.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace mn::cuda {
+
+namespace {
+
+// cublas_api.h / library_types.h values (checked against the CUDA 13.0 headers).
+constexpr int kCublasStatusSuccess = 0;  // CUBLAS_STATUS_SUCCESS
+constexpr int kCublasOpN = 0;            // CUBLAS_OP_N
+constexpr int kCublasOpT = 1;            // CUBLAS_OP_T
+constexpr int kCudaR32F = 0;             // CUDA_R_32F
+constexpr int kCudaR16F = 2;             // CUDA_R_16F
+constexpr int kCublasCompute32F = 68;    // CUBLAS_COMPUTE_32F
+constexpr int kCublasGemmDefault = -1;   // CUBLAS_GEMM_DEFAULT
+
+constexpr size_t kDefaultSliceBytes = size_t(64) << 20;
+constexpr int kKAlign = 8;  // fp16 rows padded to 16 bytes: cuBLAS's fast paths want aligned leading dimensions
+
+int padded_k(int K) { return (K + kKAlign - 1) / kKAlign * kKAlign; }
+
+// One thread per 32-element chunk of a weight row: dequantize and store as fp16,
+// rows kp halves apart, zeros in [K, kp).
+template <TensorType T>
+__global__ void dequant_f16_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int n_rows, int K, int kp,
+                                   __half* __restrict__ out) {
+    const int chunks = (kp + 31) / 32;
+    const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (i >= int64_t(n_rows) * chunks) return;
+    const int r = int(i / chunks), c = int(i % chunks);
+    float v[32];
+    // Block formats have K a multiple of their block (so kp == K); the float formats read 0 past K.
+    load_chunk32<T>(w + size_t(r) * row_bytes, c, K, v);
+    const int count = min(32, kp - 32 * c);  // a multiple of 8
+    uint4* dst = reinterpret_cast<uint4*>(out + size_t(r) * kp + 32 * c);
+#pragma unroll
+    for (int g = 0; g < 4; ++g) {
+        if (8 * g >= count) break;
+        __half2 h[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(v[8 * g + 2 * t], v[8 * g + 2 * t + 1]);
+        dst[g] = *reinterpret_cast<const uint4*>(h);
+    }
+}
+
+struct DequantLaunch {
+    const QMatrix& w;
+    int row0, n_rows, kp;
+    __half* out;
+    cudaStream_t s;
+    template <TensorType T>
+    void operator()() const {
+        const int64_t n = int64_t(n_rows) * ((kp + 31) / 32);
+        const int threads = 256;
+        dequant_f16_kernel<T><<<unsigned((n + threads - 1) / threads), threads, 0, s>>>(
+            w.data + size_t(row0) * w.row_bytes, w.row_bytes, n_rows, w.K, kp, out);
+    }
+};
+
+// One block per activation row: the power of two that brings the row's largest
+// magnitude to about 2^10 (gemm.cu's row_scale_kernel), then the scaled row as
+// fp16, kp halves apart with zeros in [K, kp). The second read of the row hits cache.
+__global__ void to_f16_kernel(const float* __restrict__ x, int K, int kp, __half* __restrict__ out,
+                              float* __restrict__ scale) {
+    const int r = blockIdx.x;
+    const float* row = x + size_t(r) * K;
+    float m = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(row[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    __shared__ float part[32];
+    __shared__ float s_scale;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, part[w]);
+        m = fmaxf(m, part[0]);
+        int e = 0;
+        if (m > 0.0f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
+        s_scale = ldexpf(1.0f, 10 - e);
+        scale[r] = s_scale;
+    }
+    __syncthreads();
+    const float s = s_scale;
+    __half* o = out + size_t(r) * kp;
+    if ((K & 3) == 0) {
+        const float4* src = reinterpret_cast<const float4*>(row);
+        for (int i = threadIdx.x; i < K / 4; i += blockDim.x) {
+            const float4 t = src[i];
+            __half2 h[2] = {__floats2half2_rn(t.x * s, t.y * s), __floats2half2_rn(t.z * s, t.w * s)};
+            reinterpret_cast<uint2*>(o)[i] = *reinterpret_cast<const uint2*>(h);
+        }
+        for (int i = K + threadIdx.x; i < kp; i += blockDim.x) o[i] = __float2half(0.0f);
+    } else {
+        for (int i = threadIdx.x; i < kp; i += blockDim.x) o[i] = __float2half(i < K ? row[i] * s : 0.0f);
+    }
+}
+
+// out[m][n] = acc[m][n] / scale[m] + bias[n] in place (acc is what cuBLAS wrote to out);
+// residual[m][n] += out[m][n] when set.
+__global__ void epilogue_kernel(float* out, int rows, int N, const float* __restrict__ scale, const float* __restrict__ bias,
+                                float* residual) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float b = bias ? bias[n] : 0.0f;
+    for (int m = blockIdx.y; m < rows; m += gridDim.y) {
+        const size_t i = size_t(m) * N + n;
+        const float v = out[i] * (1.0f / scale[m]) + b;  // scale: a power of two, so exact
+        out[i] = v;
+        if (residual) residual[i] += v;
+    }
+}
+
+// Gate and up (same height N) finished together: both outputs as epilogue_kernel
+// writes them (the gate's only where it is not the SwiGLU's own buffer), and
+// swiglu = silu(gate) * up. Every element is read before it is written, so the
+// SwiGLU output may be the gate's or the up's buffer.
+__global__ void epilogue_swiglu_kernel(float* gate, float* up, int rows, int N, const float* __restrict__ scale,
+                                       const float* __restrict__ gate_bias, const float* __restrict__ up_bias,
+                                       float* swiglu) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float gb = gate_bias ? gate_bias[n] : 0.0f, ub = up_bias ? up_bias[n] : 0.0f;
+    for (int m = blockIdx.y; m < rows; m += gridDim.y) {
+        const size_t i = size_t(m) * N + n;
+        const float inv = 1.0f / scale[m];  // a power of two: exact
+        const float g = gate[i] * inv + gb;
+        const float u = up[i] * inv + ub;
+        if (gate != swiglu) gate[i] = g;
+        if (up != swiglu) up[i] = u;
+        swiglu[i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+}  // namespace
+
+// The cuBLAS entry points, as cublas_api.h declares them (handles as void*, enums as int).
+struct CublasGemm::Api {
+    using Create = int (*)(void** handle);
+    using Destroy = int (*)(void* handle);
+    using SetStream = int (*)(void* handle, cudaStream_t stream);
+    using GemmEx = int (*)(void* handle, int transa, int transb, int m, int n, int k, const void* alpha,
+                           const void* A, int Atype, int lda, const void* B, int Btype, int ldb, const void* beta,
+                           void* C, int Ctype, int ldc, int compute_type, int algo);
+    Create create = nullptr;
+    Destroy destroy = nullptr;
+    SetStream set_stream = nullptr;
+    GemmEx gemm_ex = nullptr;
+};
+
+CublasGemm::CublasGemm() {
+    // METALLIC_CUDA_CUBLAS: 0 keeps gemm.cu's kernel (comparisons, tests); 1 requires cuBLAS (an
+    // error when it cannot be loaded); unset: cuBLAS when it can be loaded.
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS")) {
+        const std::string v(e);
+        if (v == "0") mode_ = Off;
+        else if (v == "1") mode_ = Required;
+    }
+    // Tuning and test knobs: the fewest rows that take this path, and the slice of weight rows
+    // dequantized at a time (in MiB of fp16, or a fixed number of rows, which the tests set
+    // small so that every slice boundary is exercised).
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_MIN_ROWS")) min_rows_ = std::max(1, std::atoi(e));
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_SLICE_MIB"))
+        slice_bytes_ = size_t(std::max(1, std::atoi(e))) << 20;
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_SLICE_ROWS")) slice_rows_ = std::max(1, std::atoi(e));
+}
+
+CublasGemm::~CublasGemm() {
+    // Best effort: the destructor must not throw. The owner has synchronized its stream.
+    if (handle_ && api_ && api_->destroy) api_->destroy(handle_);
+    api_.reset();
+    if (lib_) dlclose(lib_);
+    for (void* p : {static_cast<void*>(w16_), static_cast<void*>(x16_), static_cast<void*>(scale_)})
+        if (p) cudaFree(p);
+}
+
+bool CublasGemm::load(cudaStream_t stream) {
+    if (mode_ == Off) return false;
+    if (tried_) return handle_ != nullptr;
+    tried_ = true;
+    std::string why;
+    // An explicit path first, then the library search path (which also finds a copy already
+    // loaded into the process, e.g. by PyTorch), then the toolkit's usual places.
+    const std::string so = "libcublas.so." + std::to_string(CUDART_VERSION / 1000);
+    std::vector<std::string> candidates;
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_LIBRARY")) candidates.push_back(e);
+    candidates.push_back(so);
+    candidates.push_back("libcublas.so");
+    for (const char* var : {"CUDA_HOME", "CUDA_PATH"})
+        if (const char* e = std::getenv(var)) candidates.push_back(std::string(e) + "/lib64/" + so);
+    candidates.push_back("/usr/local/cuda/lib64/" + so);
+    for (const std::string& name : candidates) {
+        lib_ = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (lib_) break;
+        const char* err = dlerror();
+        why += "\n  " + (err ? std::string(err) : name + ": not found");
+    }
+    if (lib_) {
+        api_ = std::make_unique<Api>();
+        api_->create = reinterpret_cast<Api::Create>(dlsym(lib_, "cublasCreate_v2"));
+        api_->destroy = reinterpret_cast<Api::Destroy>(dlsym(lib_, "cublasDestroy_v2"));
+        api_->set_stream = reinterpret_cast<Api::SetStream>(dlsym(lib_, "cublasSetStream_v2"));
+        api_->gemm_ex = reinterpret_cast<Api::GemmEx>(dlsym(lib_, "cublasGemmEx"));
+        if (!api_->create || !api_->destroy || !api_->set_stream || !api_->gemm_ex) {
+            why += "\n  the library lacks cublasCreate_v2, cublasDestroy_v2, cublasSetStream_v2 or cublasGemmEx";
+        } else {
+            void* h = nullptr;
+            const int st = api_->create(&h);
+            if (st != kCublasStatusSuccess || !h) {
+                why += "\n  cublasCreate_v2 failed with status " + std::to_string(st);
+            } else if (const int st2 = api_->set_stream(h, stream); st2 != kCublasStatusSuccess) {
+                api_->destroy(h);
+                why += "\n  cublasSetStream_v2 failed with status " + std::to_string(st2);
+            } else {
+                handle_ = h;
+            }
+        }
+        if (!handle_) {
+            api_.reset();
+            dlclose(lib_);
+            lib_ = nullptr;
+        }
+    }
+    if (!handle_ && mode_ == Required)
+        throw Error("cuda backend: METALLIC_CUDA_CUBLAS=1 but cuBLAS could not be used:" + why);
+    return handle_ != nullptr;
+}
+
+bool CublasGemm::wants(int rows, cudaStream_t stream) {
+    return rows >= min_rows_ && load(stream);
+}
+
+namespace {
+
+template <typename P>
+void grow(P*& p, size_t& capacity, size_t elems, const char* what) {
+    if (elems <= capacity) return;
+    if (p) cudaFree(p);  // synchronizes: the previous product that used it has finished
+    p = nullptr;
+    capacity = 0;
+    const cudaError_t err = cudaMalloc(&p, elems * sizeof(P));
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        throw Error(std::string("cuda backend: out of device memory allocating ") +
+                    std::to_string((elems * sizeof(P) + (1 << 19)) >> 20) + " MiB for " + what + ": " +
+                    cudaGetErrorString(err));
+    }
+    capacity = elems;
+}
+
+}  // namespace
+
+void CublasGemm::run(const MatvecJob* jobs, int n_jobs, const float* x, int rows, int K, float* swiglu_out,
+                     cudaStream_t stream) {
+    if (!handle_) throw Error("cuda backend: cuBLAS product launched without cuBLAS");
+    if (swiglu_out && (n_jobs != 2 || jobs[0].w.N != jobs[1].w.N || jobs[0].residual || jobs[1].residual))
+        throw Error("cuda backend: a fused SwiGLU needs gate and up of one height and no residual");
+    const int kp = padded_k(K);
+    // Weight rows per slice: a multiple of 128 (cuBLAS's tiles), at least 128.
+    int max_n = 0;
+    for (int j = 0; j < n_jobs; ++j) max_n = std::max(max_n, jobs[j].w.N);
+    int slice = slice_rows_ > 0 ? slice_rows_ : int(std::max<size_t>(128, slice_bytes_ / (sizeof(__half) * kp) / 128 * 128));
+    slice = std::min(slice, max_n);
+    grow(w16_, w16_capacity_, size_t(slice) * kp, "dequantized weight slices");
+    grow(x16_, x16_capacity_, size_t(rows) * kp, "fp16 activations");
+    grow(scale_, scale_capacity_, size_t(rows), "row scales");
+
+    to_f16_kernel<<<rows, 256, 0, stream>>>(x, K, kp, x16_, scale_);
+    MN_CUDA_CHECK_LAUNCH("to_f16_kernel");
+    const float one = 1.0f, zero = 0.0f;
+    for (int j = 0; j < n_jobs; ++j) {
+        const QMatrix& w = jobs[j].w;
+        if (w.K != K) throw Error("cuda backend: fused matrix products of different widths");
+        for (int n0 = 0; n0 < w.N; n0 += slice) {
+            const int ns = std::min(slice, w.N - n0);
+            if (!dispatch_type(w.type, DequantLaunch{w, n0, ns, kp, w16_, stream}))
+                throw Error("cuda gemm: unsupported weight type");
+            MN_CUDA_CHECK_LAUNCH("dequant_f16_kernel");
+            // Column-major view: C (ns x rows, ld N) = W_slice^T (ns x kp) * X (kp x rows),
+            // i.e. out[m][n0 + i] = sum_k W[n0 + i][k] x16[m][k].
+            const int st = api_->gemm_ex(handle_, kCublasOpT, kCublasOpN, ns, rows, kp, &one, w16_, kCudaR16F, kp,
+                                         x16_, kCudaR16F, kp, &zero, jobs[j].out + n0, kCudaR32F, w.N,
+                                         kCublasCompute32F, kCublasGemmDefault);
+            if (st != kCublasStatusSuccess)
+                throw Error("cuda backend: cublasGemmEx failed with status " + std::to_string(st) + " (" +
+                            std::to_string(ns) + " x " + std::to_string(rows) + " x " + std::to_string(kp) + ")");
+        }
+        if (swiglu_out) continue;
+        const dim3 grid((w.N + 255) / 256, std::min(rows, 65535));
+        epilogue_kernel<<<grid, 256, 0, stream>>>(jobs[j].out, rows, w.N, scale_, jobs[j].bias, jobs[j].residual);
+        MN_CUDA_CHECK_LAUNCH("epilogue_kernel");
+    }
+    if (swiglu_out) {
+        const int N = jobs[0].w.N;
+        const dim3 grid((N + 255) / 256, std::min(rows, 65535));
+        epilogue_swiglu_kernel<<<grid, 256, 0, stream>>>(jobs[0].out, jobs[1].out, rows, N, scale_, jobs[0].bias,
+                                                         jobs[1].bias, swiglu_out);
+        MN_CUDA_CHECK_LAUNCH("epilogue_swiglu_kernel");
+    }
+}
+
+}  // namespace mn::cuda
