@@ -190,6 +190,8 @@ CublasGemm::CublasGemm() {
     if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_SLICE_MIB"))
         slice_bytes_ = size_t(std::max(1, std::atoi(e))) << 20;
     if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_SLICE_ROWS")) slice_rows_ = std::max(1, std::atoi(e));
+    // METALLIC_CUDA_CUBLAS_OVERLAP=0: dequantize on the product's own stream (for comparisons).
+    if (const char* e = std::getenv("METALLIC_CUDA_CUBLAS_OVERLAP")) overlap_ = std::string(e) != "0";
 }
 
 CublasGemm::~CublasGemm() {
@@ -197,8 +199,12 @@ CublasGemm::~CublasGemm() {
     if (handle_ && api_ && api_->destroy) api_->destroy(handle_);
     api_.reset();
     if (lib_) dlclose(lib_);
-    for (void* p : {static_cast<void*>(w16_), static_cast<void*>(x16_), static_cast<void*>(scale_)})
+    for (void* p : {static_cast<void*>(w16_[0]), static_cast<void*>(w16_[1]), static_cast<void*>(x16_),
+                    static_cast<void*>(scale_)})
         if (p) cudaFree(p);
+    for (cudaEvent_t e : {start_, ready_[0], ready_[1], free_[0], free_[1]})
+        if (e) cudaEventDestroy(e);
+    if (side_) cudaStreamDestroy(side_);
 }
 
 bool CublasGemm::load(cudaStream_t stream) {
@@ -283,34 +289,67 @@ void CublasGemm::run(const MatvecJob* jobs, int n_jobs, const float* x, int rows
     if (swiglu_out && (n_jobs != 2 || jobs[0].w.N != jobs[1].w.N || jobs[0].residual || jobs[1].residual))
         throw Error("cuda backend: a fused SwiGLU needs gate and up of one height and no residual");
     const int kp = padded_k(K);
-    // Weight rows per slice: a multiple of 128 (cuBLAS's tiles), at least 128.
-    int max_n = 0;
-    for (int j = 0; j < n_jobs; ++j) max_n = std::max(max_n, jobs[j].w.N);
-    int slice = slice_rows_ > 0 ? slice_rows_ : int(std::max<size_t>(128, slice_bytes_ / (sizeof(__half) * kp) / 128 * 128));
-    slice = std::min(slice, max_n);
-    grow(w16_, w16_capacity_, size_t(slice) * kp, "dequantized weight slices");
+    // Each weight in equal slices of rows (multiples of 128, cuBLAS's tile height) of at most
+    // slice_bytes_ of fp16: equal, so that no slice is a sliver that leaves the GPU idle.
+    auto slice_rows = [&](int N) {
+        if (slice_rows_ > 0) return std::min(slice_rows_, N);
+        const int cap = int(std::max<size_t>(128, slice_bytes_ / (sizeof(__half) * size_t(kp)) / 128 * 128));
+        const int n_slices = (N + cap - 1) / cap;
+        return std::min(N, ((N + n_slices - 1) / n_slices + 127) / 128 * 128);
+    };
+    size_t slice_elems = 0;
+    for (int j = 0; j < n_jobs; ++j) slice_elems = std::max(slice_elems, size_t(slice_rows(jobs[j].w.N)) * kp);
+    for (int b = 0; b < (overlap_ ? 2 : 1); ++b) grow(w16_[b], w16_capacity_[b], slice_elems, "dequantized weight slices");
     grow(x16_, x16_capacity_, size_t(rows) * kp, "fp16 activations");
     grow(scale_, scale_capacity_, size_t(rows), "row scales");
+    if (overlap_ && !side_) {
+        MN_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+        for (cudaEvent_t* e : {&start_, &ready_[0], &ready_[1], &free_[0], &free_[1]})
+            MN_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    }
+    // With overlap_, slices are dequantized on side_ into two buffers in turn while the GEMM of
+    // the previous slice runs on `stream` (dequantizing is memory-bound, the GEMM compute-bound).
+    // side_ first waits for everything before this product on `stream` (earlier users of the
+    // buffers, the weights' upload); then ready_[b] orders a slice's GEMM after its dequantization
+    // and free_[b] the next dequantization into buffer b after that GEMM. Every piece of side_'s
+    // work is waited for by `stream`, so synchronizing `stream` covers side_ too.
+    if (overlap_) {
+        MN_CUDA_CHECK(cudaEventRecord(start_, stream));
+        MN_CUDA_CHECK(cudaStreamWaitEvent(side_, start_, 0));
+    }
 
     to_f16_kernel<<<rows, 256, 0, stream>>>(x, K, kp, x16_, scale_);
     MN_CUDA_CHECK_LAUNCH("to_f16_kernel");
     const float one = 1.0f, zero = 0.0f;
+    int b = 0;
     for (int j = 0; j < n_jobs; ++j) {
         const QMatrix& w = jobs[j].w;
         if (w.K != K) throw Error("cuda backend: fused matrix products of different widths");
+        const int slice = slice_rows(w.N);
         for (int n0 = 0; n0 < w.N; n0 += slice) {
             const int ns = std::min(slice, w.N - n0);
-            if (!dispatch_type(w.type, DequantLaunch{w, n0, ns, kp, w16_, stream}))
+            __half* w16 = w16_[b];
+            const cudaStream_t dq = overlap_ ? side_ : stream;
+            if (overlap_) MN_CUDA_CHECK(cudaStreamWaitEvent(side_, free_[b], 0));  // the GEMM two slices back
+            if (!dispatch_type(w.type, DequantLaunch{w, n0, ns, kp, w16, dq}))
                 throw Error("cuda gemm: unsupported weight type");
             MN_CUDA_CHECK_LAUNCH("dequant_f16_kernel");
+            if (overlap_) {
+                MN_CUDA_CHECK(cudaEventRecord(ready_[b], side_));
+                MN_CUDA_CHECK(cudaStreamWaitEvent(stream, ready_[b], 0));
+            }
             // Column-major view: C (ns x rows, ld N) = W_slice^T (ns x kp) * X (kp x rows),
             // i.e. out[m][n0 + i] = sum_k W[n0 + i][k] x16[m][k].
-            const int st = api_->gemm_ex(handle_, kCublasOpT, kCublasOpN, ns, rows, kp, &one, w16_, kCudaR16F, kp,
+            const int st = api_->gemm_ex(handle_, kCublasOpT, kCublasOpN, ns, rows, kp, &one, w16, kCudaR16F, kp,
                                          x16_, kCudaR16F, kp, &zero, jobs[j].out + n0, kCudaR32F, w.N,
                                          kCublasCompute32F, kCublasGemmDefault);
             if (st != kCublasStatusSuccess)
                 throw Error("cuda backend: cublasGemmEx failed with status " + std::to_string(st) + " (" +
                             std::to_string(ns) + " x " + std::to_string(rows) + " x " + std::to_string(kp) + ")");
+            if (overlap_) {
+                MN_CUDA_CHECK(cudaEventRecord(free_[b], stream));
+                b ^= 1;
+            }
         }
         if (swiglu_out) continue;
         const dim3 grid((w.N + 255) / 256, std::min(rows, 65535));

@@ -111,12 +111,15 @@ private:
     void* lib_ = nullptr;
     void* handle_ = nullptr;
     std::unique_ptr<Api> api_;
-    __half* w16_ = nullptr;  // one slice of dequantized weight rows
-    size_t w16_capacity_ = 0;
+    bool overlap_ = true;  // dequantize on side_ while the previous slice's GEMM runs
+    __half* w16_[2] = {nullptr, nullptr};  // slices of dequantized weight rows (two: overlap_)
+    size_t w16_capacity_[2] = {0, 0};
     __half* x16_ = nullptr;  // the scaled fp16 activations
     size_t x16_capacity_ = 0;
     float* scale_ = nullptr;  // per-row scales of x16_
     size_t scale_capacity_ = 0;
+    cudaStream_t side_ = nullptr;
+    cudaEvent_t start_ = nullptr, ready_[2] = {nullptr, nullptr}, free_[2] = {nullptr, nullptr};
 };
 
 // ---- elementwise.cu ----
