@@ -247,7 +247,7 @@ def test_cublas_prefill_and_wmma_kernel_agree(tmp_path, monkeypatch, wtype):
     # Slices of 64 weight rows cut every matrix (d_ff, the vocabulary) into several slices and a
     # partial one; the float formats get a d_ff of 150, so the down projection's width is not a
     # multiple of 8 (the fp16 rows are padded) nor of 32. 70 prompt rows, then 37 more rows at a
-    # non-zero position; both above the cuBLAS path's threshold (32 rows).
+    # non-zero position; both past the matvec's 8 rows, where the cuBLAS path starts.
     geo = geometry(wtype)
     if wtype not in K_QUANTS and wtype not in INT_DOT:
         geo = dict(geo, d_ff=150)

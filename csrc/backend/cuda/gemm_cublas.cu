@@ -3,7 +3,7 @@
 // For many activation rows the product is compute-bound, and cuBLAS's fp16
 // tensor-core GEMMs run several times faster than gemm.cu's WMMA kernel. The
 // weight is dequantized to fp16 into a scratch buffer, a slice of its rows at
-// a time (at most kDefaultSliceBytes, so that a huge matrix such as a
+// a time (at most CublasGemm::slice_bytes_, so that a huge matrix such as a
 // vocabulary-sized output head never needs a huge buffer); the activation rows
 // are converted to fp16 once per launch with a per-row power-of-two scale (as
 // gemm.cu does, so fp16 cannot overflow); cublasGemmEx multiplies with fp32
@@ -41,33 +41,29 @@ constexpr int kCudaR16F = 2;             // CUDA_R_16F
 constexpr int kCublasCompute32F = 68;    // CUBLAS_COMPUTE_32F
 constexpr int kCublasGemmDefault = -1;   // CUBLAS_GEMM_DEFAULT
 
-constexpr size_t kDefaultSliceBytes = size_t(64) << 20;
 constexpr int kKAlign = 8;  // fp16 rows padded to 16 bytes: cuBLAS's fast paths want aligned leading dimensions
 
 int padded_k(int K) { return (K + kKAlign - 1) / kKAlign * kKAlign; }
 
-// One thread per 32-element chunk of a weight row: dequantize and store as fp16,
-// rows kp halves apart, zeros in [K, kp).
+// One thread per 8 elements of a weight row (load8, the decode kernels' unit):
+// consecutive threads read consecutive pieces of the blocks and store
+// consecutive 16-byte pieces of fp16, so both sides are coalesced (a thread per
+// 32-element chunk, storing 64 bytes apart, ran at a third of the bandwidth).
+// Rows are kp halves apart, zeros in [K, kp).
 template <TensorType T>
 __global__ void dequant_f16_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int n_rows, int K, int kp,
                                    __half* __restrict__ out) {
-    const int chunks = (kp + 31) / 32;
+    const int pieces = kp / 8;
     const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-    if (i >= int64_t(n_rows) * chunks) return;
-    const int r = int(i / chunks), c = int(i % chunks);
-    float v[32];
+    if (i >= int64_t(n_rows) * pieces) return;
+    const int r = int(i / pieces), p = int(i % pieces);
+    float v[8];
     // Block formats have K a multiple of their block (so kp == K); the float formats read 0 past K.
-    load_chunk32<T>(w + size_t(r) * row_bytes, c, K, v);
-    const int count = min(32, kp - 32 * c);  // a multiple of 8
-    uint4* dst = reinterpret_cast<uint4*>(out + size_t(r) * kp + 32 * c);
+    load8<T>(w + size_t(r) * row_bytes, 8 * p, K, v);
+    __half2 h[4];
 #pragma unroll
-    for (int g = 0; g < 4; ++g) {
-        if (8 * g >= count) break;
-        __half2 h[4];
-#pragma unroll
-        for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(v[8 * g + 2 * t], v[8 * g + 2 * t + 1]);
-        dst[g] = *reinterpret_cast<const uint4*>(h);
-    }
+    for (int t = 0; t < 4; ++t) h[t] = __floats2half2_rn(v[2 * t], v[2 * t + 1]);
+    reinterpret_cast<uint4*>(out)[i] = *reinterpret_cast<const uint4*>(h);  // row r, piece p: kp / 8 pieces a row
 }
 
 struct DequantLaunch {
@@ -77,7 +73,7 @@ struct DequantLaunch {
     cudaStream_t s;
     template <TensorType T>
     void operator()() const {
-        const int64_t n = int64_t(n_rows) * ((kp + 31) / 32);
+        const int64_t n = int64_t(n_rows) * (kp / 8);
         const int threads = 256;
         dequant_f16_kernel<T><<<unsigned((n + threads - 1) / threads), threads, 0, s>>>(
             w.data + size_t(row0) * w.row_bytes, w.row_bytes, n_rows, w.K, kp, out);
