@@ -104,16 +104,19 @@ private:
     bool load(cudaStream_t stream);
 
     enum Mode { Auto, Off, Required } mode_ = Auto;
-    // Measured on an H100 (synthetic Qwen2.5 0.5B / 7B geometries): cuBLAS on dequantized weights
-    // beat the WMMA kernel at every row count tried past the matvec's 8 (2x at 32 rows, 2.5x at
-    // 512); slices of 160 MiB (whole 7B FFN matrices) ran pp512 5% faster than 64 MiB ones,
-    // 24 MiB ones 10% slower. Two such buffers with overlap_.
+    // Measured on an H100 (synthetic Qwen2.5 0.5B / 7B geometries, prefill wall time): cuBLAS on
+    // dequantized weights beats the WMMA kernel at every row count tried past the matvec's 8
+    // (7B: 9 rows 14.2 vs 39.1 ms, 512 rows 28.6 vs 89.5 ms; 0.5B: 3.6 vs 9.5, 5.6 vs 13.4 ms);
+    // slices of 160 MiB (whole 7B FFN matrices) ran 7B pp512 in 28.6 ms, 64 MiB ones in 31.1 ms.
+    // Two such buffers with overlap_ (7B: 28.6 vs 29.4 ms without; 0.5B: 5.6 vs 6.0 ms at 512
+    // rows, but 3.6 vs 3.1 ms at 9 rows).
     int min_rows_ = kMaxMatvecRows + 1;
     size_t slice_bytes_ = size_t(160) << 20;
     int slice_rows_ = 0;  // fixed rows per slice when > 0 (tests)
     bool tried_ = false;
     void* lib_ = nullptr;
     void* handle_ = nullptr;
+    cudaStream_t stream_ = nullptr;  // the stream the handle is bound to
     std::unique_ptr<Api> api_;
     bool overlap_ = true;  // dequantize on side_ while the previous slice's GEMM runs
     __half* w16_[2] = {nullptr, nullptr};  // slices of dequantized weight rows (two: overlap_)
