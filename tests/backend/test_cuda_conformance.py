@@ -292,3 +292,34 @@ def test_tensor_core_prefill_attention_matches_tile_kernel(tmp_path, monkeypatch
         print(mode, "max rel vs tile kernel", max(rel(runs[mode][p], runs["0"][p]) for p in range(len(tokens))),
               "min cosine vs cpu", min(cosine(runs[mode][p], cpu[p]) for p in range(len(tokens))),
               "tile kernel's", min(cosine(runs["0"][p], cpu[p]) for p in range(len(tokens))))
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_cublas_prefill_and_wmma_kernel_agree(tmp_path, monkeypatch, wtype):
+    # Prefill products of many rows go through cuBLAS on fp16 weights dequantized a slice at a
+    # time (METALLIC_CUDA_CUBLAS=1 requires it: an error where it cannot be loaded) or through the
+    # WMMA kernel (=0). Both multiply the same fp16 operands (same dequantized weights, same
+    # power-of-two row scales) with fp32 accumulation, in another order: rel <= 1e-3 per row.
+    # Slices of 64 weight rows cut every matrix (d_ff, the vocabulary) into several slices and a
+    # partial one; the float formats get a d_ff of 150, so the down projection's width is not a
+    # multiple of 8 (the fp16 rows are padded) nor of 32. 70 prompt rows, then 37 more rows at a
+    # non-zero position; both past the matvec's 8 rows, where the cuBLAS path starts.
+    geo = geometry(wtype)
+    if wtype not in K_QUANTS and wtype not in INT_DOT:
+        geo = dict(geo, d_ff=150)
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=5, **geo)
+    tokens = np.random.default_rng(13).integers(0, 301, 107).tolist()
+    runs = {}
+    for key, env in (("cublas", {"METALLIC_CUDA_CUBLAS": "1", "METALLIC_CUDA_CUBLAS_SLICE_ROWS": "64"}),
+                     ("wmma", {"METALLIC_CUDA_CUBLAS": "0"})):
+        for k in ("METALLIC_CUDA_CUBLAS", "METALLIC_CUDA_CUBLAS_SLICE_ROWS", "METALLIC_CUDA_CUBLAS_MIN_ROWS"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with Model(path, n_ctx=128, backend="cuda", kv_type="f32") as m:
+            first = m.eval(tokens[:70], all_logits=True)
+            second = m.eval(tokens[70:], all_logits=True)
+            runs[key] = np.concatenate([first, second])
+    for pos in range(len(tokens)):
+        assert rel(runs["cublas"][pos], runs["wmma"][pos]) < 1e-3, (pos, rel(runs["cublas"][pos], runs["wmma"][pos]))
+        assert top1_ok(runs["cublas"][pos], runs["wmma"][pos]), pos

@@ -146,6 +146,9 @@ private:
     size_t scratch_floats_ = 0;
     float* row_scale_ = nullptr;  // per-row fp16 scales of a prefill matmul's input
     int row_scale_rows_ = 0;
+    // Prefill matmuls of many rows through cuBLAS on dequantized weights (gemm_cublas.cu); its
+    // scratch is released before the stream (destructor).
+    std::unique_ptr<cuda::CublasGemm> cublas_ = std::make_unique<cuda::CublasGemm>();
     struct RopeTable {
         float base;
         int head_dim;
@@ -253,6 +256,7 @@ CudaBackend::~CudaBackend() {
         cudaStreamSynchronize(stream_);
     }
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    cublas_.reset();  // its handle is bound to stream_
     for (void* p : weights_) cudaFree(p);
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (RopeTable& t : rope_tables_) cudaFree(t.freq);
@@ -647,6 +651,12 @@ void CudaBackend::flush() {
         return;
     }
     launch_pending_norm();
+    // Many rows: cuBLAS on dequantized weights where it can be loaded (never while a graph is
+    // recorded: its first use allocates), else the WMMA kernel.
+    if (mode_ == Mode::Eager && cublas_->wants(mm.rows, stream_)) {
+        cublas_->run(mm.jobs, mm.n, mm.x, mm.rows, mm.K, mm.swiglu_out, stream_);
+        return;
+    }
     ensure_row_scale(mm.rows);
     cuda::launch_row_scale(mm.x, mm.rows, mm.K, row_scale_, stream_);
     for (int j = 0; j < mm.n; ++j)
