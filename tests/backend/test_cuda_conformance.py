@@ -250,7 +250,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):
-        assert rel(runs["tpk"][pos], runs["f32"][pos]) < 1e-5, pos
+        assert rel(runs["tpk"][pos], runs["f32"][pos]) < 1e-4, pos
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos

@@ -351,8 +351,14 @@ void launch_hd(const AttentionArgs& a, int config, cudaStream_t stream) {
 
 }  // namespace
 
+// Chunks of fewer rows keep the fp32 tile kernel: the same rows then get the same scores
+// whether they arrive in one short chunk or another (a truncated cache continued, against a
+// fresh run of the same tokens: equal to 1e-5), and the fp16 rounding of Q and P here would
+// break that. Such chunks cost microseconds either way.
+constexpr int kTensorCoreMinRows = 16;
+
 bool attention_prefill_covers(const AttentionArgs& a) {
-    return a.prefill_tc != 0 && a.f16_cache && a.rows > 4 && (a.head_dim == 64 || a.head_dim == 128) &&
+    return a.prefill_tc != 0 && a.f16_cache && a.rows >= kTensorCoreMinRows && (a.head_dim == 64 || a.head_dim == 128) &&
            a.n_kv_heads > 0 && a.n_heads % a.n_kv_heads == 0;
 }
 
