@@ -26,10 +26,11 @@ struct SplitPlan {
     int chunk;     // keys per chunk
 };
 
-SplitPlan plan_for(int n_ctx) {
+SplitPlan plan_for(int n_ctx, int min_chunk = kAttnSplit) {
     // At most 32 chunks per row: longer contexts get longer chunks, so the
     // partials stay small; chunks are a multiple of 32 keys.
-    int n_splits = std::min((n_ctx + kAttnSplit - 1) / kAttnSplit, 32);
+    min_chunk = std::max(32, min_chunk / 32 * 32);
+    int n_splits = std::min((n_ctx + min_chunk - 1) / min_chunk, 32);
     int chunk = (n_ctx + n_splits - 1) / n_splits;
     chunk = (chunk + 31) / 32 * 32;
     return {n_splits, chunk};
@@ -677,9 +678,10 @@ size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) 
 }
 
 void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
-    const SplitPlan plan = plan_for(a.n_ctx);
     const int hd = a.head_dim;
     if (attention_decode_fused(a.rows, hd, a.thread_per_key)) {
+        // Fewer chunks than the split kernels use: its plan never has more (the scratch fits).
+        const SplitPlan plan = plan_for(a.n_ctx, a.decode_chunk);
         if (a.kv_stored || !a.counters) throw Error("cuda attention: the fused decode kernel stores k and v itself");
         const size_t smem = sizeof(float) * (3 * size_t(hd) + plan.chunk + size_t(kAttnWarps) * hd);
         if (smem > 48 * 1024)
@@ -692,6 +694,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
         MN_CUDA_CHECK_LAUNCH("attn_decode_kernel");
         return;
     }
+    const SplitPlan plan = plan_for(a.n_ctx);
     const int store_threads = std::min(1024, std::max(32, a.n_kv_heads * hd));
     const bool warp_split = hd <= kMaxWarpHd && !a.thread_per_key;
     const size_t smem = sizeof(float) * (size_t(hd) + plan.chunk + (warp_split ? size_t(kAttnWarps) * hd : kThreads));

@@ -158,6 +158,10 @@ void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* 
                        bool neox, cudaStream_t stream);
 
 // ---- attention.cu ----
+// Keys per split block: a query row's keys are split into chunks of this many (longer
+// chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
+// chain of dependent loads per block short; blocks past the position exit at once.
+constexpr int kAttnSplit = 32;
 struct AttentionArgs {
     const float* q = nullptr;   // [rows][n_heads * head_dim]
     const float* k = nullptr;   // [rows][n_kv_heads * head_dim], stored into the cache first
@@ -180,6 +184,7 @@ struct AttentionArgs {
     bool rope_neox = false;
     int* counters = nullptr;
     bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
+    int decode_chunk = kAttnSplit;  // fewest keys per chunk of the fused decode kernel (multiple of 32)
     // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
     // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
     // 16 slots with each tile's keys split over two warps; 42 = 2 groups, keys split over four;
@@ -191,10 +196,6 @@ struct AttentionArgs {
 inline bool attention_decode_fused(int rows, int head_dim, bool thread_per_key) {
     return rows == 1 && head_dim % 32 == 0 && head_dim <= 256 && !thread_per_key;
 }
-// Keys per split block: a query row's keys are split into chunks of this many (longer
-// chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
-// chain of dependent loads per block short; blocks past the position exit at once.
-constexpr int kAttnSplit = 32;
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 // ---- attention_prefill.cu: many query rows over an f16 cache (head_dim 64 or 128), on tensor
