@@ -353,8 +353,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
     float* skn = sq + hd;           // [hd] the new key as the cache holds it
     float* svn = skn + hd;          // [hd] the new value as the cache holds it
-    float* sc = svn + hd;           // [chunk]
-    float* sacc = sc + a.chunk;     // [kAttnWarps][hd]
+    float* sacc = svn + hd;         // [kAttnWarps][hd] the warps' outputs
     __shared__ float red[kThreads / 32];
     __shared__ int s_last;
 
@@ -408,68 +407,88 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
 #pragma unroll
     for (int i = 0; i < DPL; ++i) qv[i] = lane + 32 * i < hd ? sq[lane + 32 * i] : 0.0f;
 
-    // Keys [start, start + len): from the cache, except the new one (from shared memory).
+    // Keys [start, start + len): from the cache, except the new one (from shared memory). Each
+    // warp takes trips of 8 keys with an online softmax of its own (running max m, sum l and
+    // output acc), and the 4 warps' states are merged once at the end: no block-wide
+    // reductions and no score array between the scores and the values, which shortens the
+    // chain of dependent steps that bounds a decode block.
     const int cached = has_new ? len - 1 : len;
     const T* kbase = kc + (size_t(kvh) * a.n_ctx + start) * hd;
     const T* vbase = vc + (size_t(kvh) * a.n_ctx + start) * hd;
-    float mx = -INFINITY;
+    float m = -INFINITY, l = 0.0f;
+    float acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
     for (int j0 = warp * kKeysPerTrip; j0 < len; j0 += kAttnWarps * kKeysPerTrip) {
         float dot[kKeysPerTrip];
+        float vv[kKeysPerTrip][DPL];
 #pragma unroll
         for (int u = 0; u < kKeysPerTrip; ++u) {
             dot[u] = 0.0f;
             const int j = j0 + u;
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) vv[u][i] = 0.0f;
             if (j < cached) {
                 const T* kj = kbase + size_t(j) * hd;
+                const T* vj = vbase + size_t(j) * hd;
 #pragma unroll
                 for (int i = 0; i < DPL; ++i)
-                    if (lane + 32 * i < hd) dot[u] += qv[i] * to_f<T>(kj[lane + 32 * i]);
+                    if (lane + 32 * i < hd) {
+                        dot[u] += qv[i] * to_f<T>(kj[lane + 32 * i]);
+                        vv[u][i] = to_f<T>(vj[lane + 32 * i]);
+                    }
             } else if (j < len) {
 #pragma unroll
                 for (int i = 0; i < DPL; ++i)
-                    if (lane + 32 * i < hd) dot[u] += qv[i] * skn[lane + 32 * i];
+                    if (lane + 32 * i < hd) {
+                        dot[u] += qv[i] * skn[lane + 32 * i];
+                        vv[u][i] = svn[lane + 32 * i];
+                    }
             }
         }
+        float tmax = -INFINITY;
 #pragma unroll
         for (int u = 0; u < kKeysPerTrip; ++u) {
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+            if (j0 + u < len) tmax = fmaxf(tmax, dot[u]);
+        }
+        const float m_new = fmaxf(m, tmax);  // finite: key j0 < len is live
+        const float corr = expf(m - m_new);  // 0 on the first trip (m = -inf)
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) acc[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < kKeysPerTrip; ++u) {
             if (j0 + u < len) {
-                mx = fmaxf(mx, dot[u]);
-                if (lane == 0) sc[j0 + u] = dot[u];
+                const float p = expf(dot[u] - m_new);
+                l += p;
+#pragma unroll
+                for (int i = 0; i < DPL; ++i) acc[i] += p * vv[u][i];
             }
         }
+        m = m_new;
     }
-    mx = block_reduce(mx, red, true);  // its barriers also publish sc[]
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < len; j += kThreads) {
-        const float p = expf(sc[j] - mx);
-        sc[j] = p;
-        sum += p;
-    }
-    sum = block_reduce(sum, red, false);
-
-    float acc[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
-#pragma unroll 8
-    for (int j = warp; j < cached; j += kAttnWarps) {
-        const float p = sc[j];
-        const T* vj = vbase + size_t(j) * hd;
-#pragma unroll
-        for (int i = 0; i < DPL; ++i)
-            if (lane + 32 * i < hd) acc[i] += p * to_f<T>(vj[lane + 32 * i]);
-    }
-    if (has_new && warp == (len - 1) % kAttnWarps) {
-        const float p = sc[len - 1];
-#pragma unroll
-        for (int i = 0; i < DPL; ++i)
-            if (lane + 32 * i < hd) acc[i] += p * svn[lane + 32 * i];
+    // Merge the warps: weights e^(m_w - M) (0 for a warp that had no key).
+    __shared__ float wm[kAttnWarps], wl[kAttnWarps];
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
     }
 #pragma unroll
     for (int i = 0; i < DPL; ++i)
         if (lane + 32 * i < hd) sacc[warp * hd + lane + 32 * i] = acc[i];
     __syncthreads();
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, wm[w]);
+    float ww[kAttnWarps];
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) {
+        ww[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
+        sum += ww[w] * wl[w];
+    }
 
     const int live = (n_keys + a.chunk - 1) / a.chunk;
     float* orow = a.out + size_t(h) * hd;
@@ -477,7 +496,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         for (int d = threadIdx.x; d < hd; d += kThreads) {
             float t = 0.0f;
 #pragma unroll
-            for (int w = 0; w < kAttnWarps; ++w) t += sacc[w * hd + d];
+            for (int w = 0; w < kAttnWarps; ++w) t += ww[w] * sacc[w * hd + d];
             orow[d] = t / sum;
         }
         return;
@@ -487,7 +506,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     for (int d = threadIdx.x; d < hd; d += kThreads) {
         float t = 0.0f;
 #pragma unroll
-        for (int w = 0; w < kAttnWarps; ++w) t += sacc[w * hd + d];
+        for (int w = 0; w < kAttnWarps; ++w) t += ww[w] * sacc[w * hd + d];
         rec[d] = t;
     }
     if (threadIdx.x == 0) {
@@ -683,7 +702,7 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
         // Fewer chunks than the split kernels use: its plan never has more (the scratch fits).
         const SplitPlan plan = plan_for(a.n_ctx, a.decode_chunk);
         if (a.kv_stored || !a.counters) throw Error("cuda attention: the fused decode kernel stores k and v itself");
-        const size_t smem = sizeof(float) * (3 * size_t(hd) + plan.chunk + size_t(kAttnWarps) * hd);
+        const size_t smem = sizeof(float) * (3 + size_t(kAttnWarps)) * hd;
         if (smem > 48 * 1024)
             throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
         DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, hd,
