@@ -84,6 +84,30 @@ void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, s
     MN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
+// Per activation row, the power of two that brings its largest magnitude to about 2^10: fp16
+// then neither overflows (activations of real models reach the thousands, and random test
+// models far more) nor loses small values, and the scale comes back out exactly after the
+// product. Called by every thread of a block that owns the row; returns the scale to all.
+__device__ __forceinline__ float fp16_row_scale(const float* row, int K) {
+    float m = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(row[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    __shared__ float part[32];
+    __shared__ float s_scale;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, part[w]);
+        m = fmaxf(m, part[0]);
+        int e = 0;
+        if (m > 0.0f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
+        s_scale = ldexpf(1.0f, 10 - e);
+    }
+    __syncthreads();
+    return s_scale;
+}
+
 // ---------------------------------------------------------------------------
 // Block layouts (the GGUF file format). Only 2-byte alignment is guaranteed
 // for the 32-element formats (their block sizes are 18, 22, 34 bytes), so

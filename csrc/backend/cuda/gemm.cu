@@ -32,26 +32,10 @@ union Smem {
     float c[kThreads / 32][32][CLD];
 };
 
-// Per activation row, a power of two that brings its largest magnitude to
-// about 2^10: fp16 then neither overflows (activations of real models reach
-// the thousands, and random test models far more) nor loses small values, and
-// the scale comes back out exactly in the epilogue.
+// Per activation row, the fp16 scale (common.cuh's fp16_row_scale).
 __global__ void row_scale_kernel(const float* __restrict__ x, int K, float* __restrict__ scale) {
-    const int r = blockIdx.x;
-    float m = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(x[size_t(r) * K + i]));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    __shared__ float part[32];
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, part[w]);
-        m = fmaxf(m, part[0]);
-        int e = 0;
-        if (m > 0.0f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
-        scale[r] = ldexpf(1.0f, 10 - e);
-    }
+    const float s = fp16_row_scale(x + size_t(blockIdx.x) * K, K);
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
 }
 
 template <TensorType T>

@@ -82,30 +82,14 @@ struct DequantLaunch {
 };
 
 // One block per activation row: the power of two that brings the row's largest
-// magnitude to about 2^10 (gemm.cu's row_scale_kernel), then the scaled row as
+// magnitude to about 2^10 (common.cuh: fp16_row_scale), then the scaled row as
 // fp16, kp halves apart with zeros in [K, kp). The second read of the row hits cache.
 __global__ void to_f16_kernel(const float* __restrict__ x, int K, int kp, __half* __restrict__ out,
                               float* __restrict__ scale) {
     const int r = blockIdx.x;
     const float* row = x + size_t(r) * K;
-    float m = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(row[i]));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    __shared__ float part[32];
-    __shared__ float s_scale;
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < int(blockDim.x / 32); ++w) m = fmaxf(m, part[w]);
-        m = fmaxf(m, part[0]);
-        int e = 0;
-        if (m > 0.0f && isfinite(m)) frexpf(m, &e);  // m = f * 2^e, f in [0.5, 1)
-        s_scale = ldexpf(1.0f, 10 - e);
-        scale[r] = s_scale;
-    }
-    __syncthreads();
-    const float s = s_scale;
+    const float s = fp16_row_scale(row, K);
+    if (threadIdx.x == 0) scale[r] = s;
     __half* o = out + size_t(r) * kp;
     if ((K & 3) == 0) {
         const float4* src = reinterpret_cast<const float4*>(row);
