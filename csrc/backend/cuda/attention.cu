@@ -255,25 +255,22 @@ __global__ void __launch_bounds__(kThreads) attn_split_wide_kernel(const float* 
     }
 }
 
-// grid (n_heads, rows): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-__global__ void attn_combine_kernel(const float* __restrict__ part, const int* pos0, int n_heads, int hd, int chunk,
-                                    int n_splits, float* __restrict__ out) {
-    const int h = blockIdx.x, r = blockIdx.y;
-    const int n_keys = *pos0 + r + 1;
-    const int live = (n_keys + chunk - 1) / chunk;
-    const float* base = part + (size_t(r) * n_heads + h) * n_splits * (hd + 2);
-    // The chunks' maxima and sums are loaded once, in parallel (n_splits <= 32 <= blockDim),
-    // and their weights e^(m_s - M) computed once, not per output dimension.
+// out[d] = sum_c e^(m_c - M) acc_c[d] / sum_c e^(m_c - M) l_c over the `live` chunk records of
+// one (row, head) at part ([live][hd + 2]: acc, then max m_c and sum l_c). Called by every thread
+// of a block of at least 32 threads (live <= 32). The records are read through L2 (__ldcg): other
+// SMs wrote them. The chunks' maxima and sums are loaded once, in parallel, and their weights
+// e^(m_c - M) computed once, not per output dimension.
+__device__ void combine_chunks(const float* part, int live, int hd, float* __restrict__ out) {
     __shared__ float sw[32], sl[32];
     __shared__ float s_den;
     if (threadIdx.x < live) {
-        sw[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd];
-        sl[threadIdx.x] = base[threadIdx.x * (hd + 2) + hd + 1];
+        sw[threadIdx.x] = __ldcg(part + threadIdx.x * (hd + 2) + hd);
+        sl[threadIdx.x] = __ldcg(part + threadIdx.x * (hd + 2) + hd + 1);
     }
     __syncthreads();
     if (threadIdx.x < 32) {
         float M = -INFINITY;
-        for (int s = 0; s < live; ++s) M = fmaxf(M, sw[s]);
+        for (int c = 0; c < live; ++c) M = fmaxf(M, sw[c]);
         const float w = threadIdx.x < live ? expf(sw[threadIdx.x] - M) : 0.0f;
         float den = threadIdx.x < live ? w * sl[threadIdx.x] : 0.0f;
 #pragma unroll
@@ -287,9 +284,19 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float num = 0.0f;
 #pragma unroll 8
-        for (int s = 0; s < live; ++s) num += sw[s] * base[s * (hd + 2) + d];
-        out[(size_t(r) * n_heads + h) * hd + d] = num / den;
+        for (int c = 0; c < live; ++c) num += sw[c] * __ldcg(part + c * (hd + 2) + d);
+        out[d] = num / den;
     }
+}
+
+// grid (n_heads, rows): the chunks of attn_split_kernel / attn_split_wide_kernel combined.
+__global__ void attn_combine_kernel(const float* __restrict__ part, const int* pos0, int n_heads, int hd, int chunk,
+                                    int n_splits, float* __restrict__ out) {
+    const int h = blockIdx.x, r = blockIdx.y;
+    const int n_keys = *pos0 + r + 1;
+    const int live = (n_keys + chunk - 1) / chunk;
+    const size_t row_head = size_t(r) * n_heads + h;
+    combine_chunks(part + row_head * n_splits * (hd + 2), live, hd, out + row_head * hd);
 }
 
 // Decode in one launch: grid (n_splits, n_heads), one block per (chunk of keys, query head).
@@ -354,7 +361,6 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     float* skn = sq + hd;           // [hd] the new key as the cache holds it
     float* svn = skn + hd;          // [hd] the new value as the cache holds it
     float* sacc = svn + hd;         // [kAttnWarps][hd] the warps' outputs
-    __shared__ float red[kThreads / 32];
     __shared__ int s_last;
 
     T* kc = static_cast<T*>(a.kc);
@@ -520,32 +526,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // The combine, as attn_combine_kernel (partials read from L2: other SMs wrote them).
-    __shared__ float sw[32], sl[32];
-    if (threadIdx.x < live) {
-        sw[threadIdx.x] = __ldcg(head_part + threadIdx.x * (hd + 2) + hd);
-        sl[threadIdx.x] = __ldcg(head_part + threadIdx.x * (hd + 2) + hd + 1);
-    }
-    __syncthreads();
-    float den = 0.0f;
-    if (warp == 0) {
-        float M = -INFINITY;
-        for (int c = 0; c < live; ++c) M = fmaxf(M, sw[c]);
-        const float w = lane < live ? expf(sw[lane] - M) : 0.0f;
-        den = lane < live ? w * sl[lane] : 0.0f;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
-        __syncwarp();
-        if (lane < live) sw[lane] = w;
-        if (lane == 0) red[0] = den;
-    }
-    __syncthreads();
-    den = red[0];
-    for (int d = threadIdx.x; d < hd; d += kThreads) {
-        float num = 0.0f;
-        for (int c = 0; c < live; ++c) num += sw[c] * __ldcg(head_part + c * (hd + 2) + d);
-        orow[d] = num / den;
-    }
+    combine_chunks(head_part, live, hd, orow);
     if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
 }
 
