@@ -415,6 +415,30 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
     }
 }
 
+// The rows of row group `group`: its job j, first output row n0, and the two weight rows r0, r1
+// (SwiGLU: row n0 of gate and of up). False when the group is past the last job's rows.
+template <bool SWIGLU>
+__device__ __forceinline__ bool group_rows(const Q8Params& p, int group, int& j, int& n0, const uint8_t*& r0,
+                                           const uint8_t*& r1) {
+    j = 0;
+    while (j < p.n_jobs && group >= p.group_end[j]) ++j;
+    if (j >= p.n_jobs || (SWIGLU && j > 0)) return false;
+    if (SWIGLU) {
+        const QMatrix& g = p.jobs[0].w;
+        const QMatrix& u = p.jobs[1].w;
+        n0 = group;
+        r0 = g.data + size_t(n0) * g.row_bytes;
+        r1 = u.data + size_t(n0) * u.row_bytes;
+    } else {
+        const QMatrix& m = p.jobs[j].w;
+        n0 = 2 * (group - (j ? p.group_end[j - 1] : 0));
+        r0 = m.data + size_t(n0) * m.row_bytes;
+        // An odd last row is computed twice (so that no branch separates the two rows' loads).
+        r1 = n0 + 1 < m.N ? r0 + m.row_bytes : r0;
+    }
+    return true;
+}
+
 // FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
 // resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
 // PRE: the input was quantized by launch_quantize_q8 (else each block quantizes it itself).
@@ -434,16 +458,11 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
     pdl_launch_dependents();
     {
         // The first group's two rows: 128-byte lines lane, lane + 32 of each (up to 8 KB).
-        const int group = blockIdx.x * per_block + gib;
-        int j = 0;
-        while (j < p.n_jobs && group >= p.group_end[j]) ++j;
-        if (j < p.n_jobs && !(SWIGLU && j > 0) && sub == 0) {
-            const QMatrix& m = p.jobs[j].w;
-            const int n0 = SWIGLU ? group : 2 * (group - (j ? p.group_end[j - 1] : 0));
-            const uint8_t* r0 = m.data + size_t(n0) * m.row_bytes;
-            const uint8_t* r1 = SWIGLU ? p.jobs[1].w.data + size_t(n0) * p.jobs[1].w.row_bytes
-                                       : (n0 + 1 < m.N ? r0 + m.row_bytes : r0);
-            for (int off = 128 * lane; off < int(m.row_bytes) && off < 8192; off += 128 * 32) {
+        int j, n0;
+        const uint8_t *r0, *r1;
+        if (sub == 0 && group_rows<SWIGLU>(p, blockIdx.x * per_block + gib, j, n0, r0, r1)) {
+            const int row_bytes = int(p.jobs[j].w.row_bytes);
+            for (int off = 128 * lane; off < row_bytes && off < 8192; off += 128 * 32) {
                 prefetch_l2(r0 + off);
                 prefetch_l2(r1 + off);
             }
@@ -466,31 +485,11 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
     }
     __shared__ float red[kQ8Warps][2];
     for (int g0 = blockIdx.x; g0 * per_block < p.n_groups; g0 += gridDim.x) {
-        const int group = g0 * per_block + gib;
-        int j = 0;
-        while (j < p.n_jobs && group >= p.group_end[j]) ++j;
-        const bool live = j < p.n_jobs && !(SWIGLU && j > 0);
-        int n0 = 0;
+        int j = 0, n0 = 0;
         const uint8_t* r0 = nullptr;
         const uint8_t* r1 = nullptr;
-        TensorType type = TensorType::F32;
-        if (live) {
-            if (SWIGLU) {
-                const QMatrix& g = p.jobs[0].w;
-                const QMatrix& u = p.jobs[1].w;
-                n0 = group;
-                r0 = g.data + size_t(n0) * g.row_bytes;
-                r1 = u.data + size_t(n0) * u.row_bytes;
-                type = g.type;
-            } else {
-                const QMatrix& m = p.jobs[j].w;
-                n0 = 2 * (group - (j ? p.group_end[j - 1] : 0));
-                r0 = m.data + size_t(n0) * m.row_bytes;
-                // An odd last row is computed twice (so that no branch separates the two rows' loads).
-                r1 = n0 + 1 < m.N ? r0 + m.row_bytes : r0;
-                type = m.type;
-            }
-        }
+        const bool live = group_rows<SWIGLU>(p, g0 * per_block + gib, j, n0, r0, r1);
+        const TensorType type = live ? p.jobs[j].w.type : TensorType::F32;
         float acc[2] = {0.0f, 0.0f};
         if (live && FIXED != TensorType::F32) {
             rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE>(r0, r1, p.K, sq, sd, lane + 32 * sub,
