@@ -112,6 +112,11 @@ private:
     void ensure_ids(int rows);
     void ensure_scratch(size_t floats);
     void ensure_row_scale(int rows);
+    // Grows a lazily sized device buffer of `capacity` elements to `count` (true when it did).
+    // Never while a step is recorded or replayed: the recorded kernels hold the old address.
+    template <typename T, typename C>
+    bool grow(T*& p, C& capacity, C count, const char* what);
+    // Sized for width K; q8_in_ then points into it (the input of the integer matvec's separate quantize).
     void ensure_q8(int K);
     void ensure_attn_counters(int n_heads);
     const float* rope_table(float base, int head_dim);
@@ -198,10 +203,10 @@ private:
     // Programmatic dependent launches (sm_90+) for the decode kernels that support them
     // (common.cuh); METALLIC_CUDA_PDL=0 turns them off.
     bool pdl_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
-    // Rows wider than cuda::kQ8FusedMaxK quantized once for the integer matvec, sized for the
-    // widest seen.
+    // The input of products that quantize it in a separate launch, sized for the widest seen.
     cuda::Q8Input q8_in_;
-    int q8_capacity_ = 0;
+    uint8_t* q8_buf_ = nullptr;
+    size_t q8_bytes_ = 0;
     int* attn_counters_ = nullptr;  // per query head, for the fused decode attention (zero between launches)
     int attn_counters_n_ = 0;
 
@@ -261,8 +266,8 @@ CudaBackend::~CudaBackend() {
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (RopeTable& t : rope_tables_) cudaFree(t.freq);
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
-                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_in_.qs),
-                    static_cast<void*>(q8_in_.ds), static_cast<void*>(attn_counters_)})
+                    static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_buf_),
+                    static_cast<void*>(attn_counters_)})
         if (p) cudaFree(p);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_ids_) cudaFreeHost(h_ids_);
@@ -350,51 +355,33 @@ void CudaBackend::ensure_ids(int rows) {
     ids_capacity_ = rows;
 }
 
-void CudaBackend::ensure_scratch(size_t floats) {
-    if (floats <= scratch_floats_) return;
-    if (mode_ != Mode::Eager) throw Error("cuda backend: attention scratch must grow during a recorded step");
+template <typename T, typename C>
+bool CudaBackend::grow(T*& p, C& capacity, C count, const char* what) {
+    if (count <= capacity) return false;
+    if (mode_ != Mode::Eager) throw Error(std::string("cuda backend: ") + what + " must grow during a recorded step");
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (scratch_) cudaFree(scratch_);
-    scratch_ = nullptr;
-    scratch_floats_ = 0;
-    scratch_ = static_cast<float*>(device_alloc(floats * sizeof(float), "attention scratch"));
-    scratch_floats_ = floats;
+    if (p) cudaFree(p);
+    p = nullptr;  // holds nothing if the allocation below throws
+    capacity = 0;
+    p = static_cast<T*>(device_alloc(sizeof(T) * size_t(count), what));
+    capacity = count;
+    return true;
 }
 
-void CudaBackend::ensure_row_scale(int rows) {
-    if (rows <= row_scale_rows_) return;
-    if (mode_ != Mode::Eager) throw Error("cuda backend: row scales must grow during a recorded step");
-    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (row_scale_) cudaFree(row_scale_);
-    row_scale_ = nullptr;
-    row_scale_rows_ = 0;
-    row_scale_ = static_cast<float*>(device_alloc(sizeof(float) * rows, "row scales"));
-    row_scale_rows_ = rows;
-}
+void CudaBackend::ensure_scratch(size_t floats) { grow(scratch_, scratch_floats_, floats, "attention scratch"); }
+
+void CudaBackend::ensure_row_scale(int rows) { grow(row_scale_, row_scale_rows_, rows, "row scales"); }
 
 void CudaBackend::ensure_q8(int K) {
-    if (K <= q8_capacity_) return;
-    if (mode_ != Mode::Eager) throw Error("cuda backend: the quantized input must grow during a recorded step");
-    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (q8_in_.qs) cudaFree(q8_in_.qs);
-    if (q8_in_.ds) cudaFree(q8_in_.ds);
-    q8_in_ = cuda::Q8Input{};
-    q8_capacity_ = 0;
-    q8_in_.qs = static_cast<int8_t*>(device_alloc(size_t(K), "the quantized input"));
-    q8_in_.ds = static_cast<float2*>(device_alloc(size_t(K / 32) * sizeof(float2), "the quantized input's scales"));
-    q8_capacity_ = K;
+    // One allocation: the K codes, then the K / 32 scale pairs (8-byte aligned: K is a multiple of 32).
+    grow(q8_buf_, q8_bytes_, size_t(K) + size_t(K / 32) * sizeof(float2), "the quantized input");
+    q8_in_.qs = reinterpret_cast<int8_t*>(q8_buf_);
+    q8_in_.ds = reinterpret_cast<float2*>(q8_buf_ + K);
 }
 
 void CudaBackend::ensure_attn_counters(int n_heads) {
-    if (n_heads <= attn_counters_n_) return;
-    if (mode_ != Mode::Eager) throw Error("cuda backend: attention counters must grow during a recorded step");
-    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (attn_counters_) cudaFree(attn_counters_);
-    attn_counters_ = nullptr;
-    attn_counters_n_ = 0;
-    attn_counters_ = static_cast<int*>(device_alloc(sizeof(int) * n_heads, "attention counters"));
-    MN_CUDA_CHECK(cudaMemset(attn_counters_, 0, sizeof(int) * n_heads));
-    attn_counters_n_ = n_heads;
+    if (grow(attn_counters_, attn_counters_n_, n_heads, "attention counters"))
+        MN_CUDA_CHECK(cudaMemset(attn_counters_, 0, sizeof(int) * n_heads));
 }
 
 namespace {
