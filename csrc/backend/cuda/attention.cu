@@ -372,7 +372,8 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     const bool store = has_new && h % group == 0;
     const size_t new_at = (size_t(kvh) * a.n_ctx + pos) * hd;
     for (int i = threadIdx.x; i < half; i += kThreads) {
-        const int ia = a.neox ? i : 2 * i, ic = a.neox ? i + half : 2 * i + 1;
+        int ia, ic;
+        rope_dims(i, half, a.neox, ia, ic);
         float q0 = qr[ia], q1 = qr[ic];
         float k0 = 0.0f, k1 = 0.0f;
         if (has_new) {
@@ -382,12 +383,8 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         if (a.freq) {
             float sn, cs;
             sincosf(float(pos) * a.freq[i], &sn, &cs);
-            const float r0 = q0 * cs - q1 * sn, r1 = q0 * sn + q1 * cs;
-            q0 = r0;
-            q1 = r1;
-            const float t0 = k0 * cs - k1 * sn, t1 = k0 * sn + k1 * cs;
-            k0 = t0;
-            k1 = t1;
+            rope_rotate(q0, q1, cs, sn);
+            rope_rotate(k0, k1, cs, sn);
         }
         sq[ia] = q0 * scale;
         sq[ic] = q1 * scale;

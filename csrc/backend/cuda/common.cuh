@@ -108,6 +108,19 @@ __device__ __forceinline__ float fp16_row_scale(const float* row, int K) {
     return s_scale;
 }
 
+// RoPE of one pair of a head's dimensions: pair i (of hd / 2) rotates dimensions (ia, ic), i and
+// i + hd / 2 in NeoX style, 2i and 2i + 1 otherwise; the angle pos * freq[i] comes in as its
+// cosine and sine. Shared by the RoPE kernel and the fused decode attention so both rotate alike.
+__device__ __forceinline__ void rope_dims(int i, int half, bool neox, int& ia, int& ic) {
+    ia = neox ? i : 2 * i;
+    ic = neox ? i + half : 2 * i + 1;
+}
+__device__ __forceinline__ void rope_rotate(float& x0, float& x1, float cs, float sn) {
+    const float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
+    x0 = y0;
+    x1 = y1;
+}
+
 // ---------------------------------------------------------------------------
 // Block layouts (the GGUF file format). Only 2-byte alignment is guaranteed
 // for the 32-element formats (their block sizes are 18, 22, 34 bytes), so

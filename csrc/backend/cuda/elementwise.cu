@@ -92,9 +92,10 @@ __global__ void rope_kernel(float* q, float* k, const float* __restrict__ v, T* 
         const bool is_k = head >= n_heads;
         const int kh = head - n_heads;
         float* h = !is_k ? q + (size_t(r) * n_heads + head) * hd : k + (size_t(r) * n_kv_heads + kh) * hd;
-        const int a = neox ? i : 2 * i, c = neox ? i + half : 2 * i + 1;
-        const float x0 = h[a], x1 = h[c];
-        const float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
+        int a, c;
+        rope_dims(i, half, neox, a, c);
+        float y0 = h[a], y1 = h[c];
+        rope_rotate(y0, y1, cs, sn);
         h[a] = y0;
         h[c] = y1;
         if (kc && is_k) {
