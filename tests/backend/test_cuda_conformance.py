@@ -217,6 +217,9 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #   pre       the input quantized by a separate launch (as rows wider than kQ8FusedMaxK are)
     #             instead of inside each block of the matvec;
     #   cap       the matvec grid capped at 2 blocks, so that blocks walk many row groups;
+    #   st, st2   the staged matvec (weights copied to shared memory before the wait; the
+    #             default, here required for every product), planned for the device's SMs and
+    #             for 2 SMs (many groups per block, up to 4 blocks per SM);
     #   f32       the fp32 matvec (METALLIC_CUDA_Q8=0): agrees to the 8-bit input's error;
     #   tpk       (with the fp32 matvec) RoPE + KV store, the thread-per-key split kernel and a
     #             combine launch instead of the fused decode attention kernel. Compared on the
@@ -231,11 +234,14 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     tokens = rng.integers(0, 301, 12).tolist()
     runs = {}
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
-             "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY")
+             "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
+             "METALLIC_CUDA_Q8_STAGED_ONLY")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
                      ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
+                     ("st", {"METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("st2", {"METALLIC_CUDA_Q8_STAGED": "2", "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
                      ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"})):
         for k in knobs:
             monkeypatch.delenv(k, raising=False)
@@ -246,7 +252,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
             runs[key] = np.stack([m.eval([t]) for t in tokens])
     # The grid cap changes only which block computes a row: same bits.
     np.testing.assert_array_equal(runs["cap"], runs["w1"])
-    for key in ("w2", "w4", "pre"):
+    for key in ("w2", "w4", "pre", "st", "st2"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):

@@ -200,6 +200,11 @@ private:
     // faster on the H100 (tg128 0.5B geometry 1182 vs 1146 tok/s, 7B 396 vs 377 with 8 per SM).
     int q8_max_blocks_ = 0;
     bool q8_prequantize_ = false;
+    // The staged integer matvec (weights into shared memory before the PDL wait) for products
+    // that fit it: the SM count, or METALLIC_CUDA_Q8_STAGED=N to plan for N SMs (0: off). Off
+    // when one of the switches above fixes the other kernel's shape.
+    int q8_staged_sms_ = 0;
+    bool q8_staged_only_ = false;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
     // Programmatic dependent launches (sm_90+) for the decode kernels that support them
     // (common.cuh); METALLIC_CUDA_PDL=0 turns them off.
     bool pdl_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
@@ -242,6 +247,10 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_PDL")) pdl_ = pdl_ && std::string(q) != "0";
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_MAX_BLOCKS")) q8_max_blocks_ = std::atoi(q);
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_PREQUANTIZE")) q8_prequantize_ = std::string(q) == "1";
+    MN_CUDA_CHECK(cudaDeviceGetAttribute(&q8_staged_sms_, cudaDevAttrMultiProcessorCount, device_));
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED")) q8_staged_sms_ = std::max(0, std::atoi(q));
+    if (q8_warps_ > 0 || q8_max_blocks_ > 0 || q8_prequantize_) q8_staged_sms_ = 0;
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED_ONLY")) q8_staged_only_ = std::string(q) == "1";
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -412,8 +421,14 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
     }
     size_t weight_bytes = 0;
     for (int j = 0; j < mm.n; ++j) weight_bytes += mm.jobs[j].w.row_bytes * size_t(mm.jobs[j].w.N);
-    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
-                           aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
+    // The staged kernel has few blocks: the input quantized in each of them costs less than a launch.
+    const bool staged = cuda::matvec_q8_staged(mm.jobs, mm.n, mm.K, fuse_swiglu, q8_staged_sms_);
+    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK &&
+                           (staged || weight_bytes <= kQ8InKernelMaxWeightBytes) && aligned16(src.x) &&
+                           aligned16(src.norm_weight) && aligned16(src.norm_out);
+    if (q8_staged_only_ && !(staged && in_kernel))
+        throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(mm.K) + "-wide product of " +
+                    std::to_string(weight_bytes) + " bytes cannot take the staged matvec");
     if (!in_kernel) {
         ensure_q8(mm.K);
         cuda::launch_quantize_q8(src.x, mm.K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, stream_);
@@ -421,7 +436,7 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         src.pre = q8_in_;
     }
     cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, src, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
-                           q8_max_blocks_, pdl_, stream_);
+                           q8_max_blocks_, q8_staged_sms_, pdl_, stream_);
     if (mm.swiglu_out && !fuse_swiglu)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
     return true;

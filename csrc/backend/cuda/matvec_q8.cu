@@ -87,17 +87,25 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
 
 // ---- weight blocks ---------------------------------------------------------------------------
 
+// Weight loads: through the read-only cache from global memory, or (SH) from a copy that the
+// block staged in shared memory with the same alignment modulo 16.
+template <bool SH, typename V>
+__device__ __forceinline__ V ldw(const V* p) {
+    if constexpr (SH) return *p;
+    else return __ldg(p);
+}
+
 // N 32-bit words starting at a 2-byte aligned address: N + 1 aligned loads and funnel shifts
 // (the 32-element formats' blocks are 18, 22, 34 and 210 bytes long). Reads up to 2 bytes past
-// the last word; weight allocations are padded for that (upload()).
-template <int N>
+// the last word; weight allocations are padded for that (upload()), and so are staged copies.
+template <int N, bool SH>
 __device__ __forceinline__ void load_a2(const uint8_t* p, uint32_t w[N]) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     const unsigned int* b = reinterpret_cast<const unsigned int*>(a & ~uintptr_t(3));
     const uint32_t sh = uint32_t(a & 2) * 8;
     uint32_t t[N + 1];
 #pragma unroll
-    for (int i = 0; i <= N; ++i) t[i] = __ldg(b + i);
+    for (int i = 0; i <= N; ++i) t[i] = ldw<SH>(b + i);
 #pragma unroll
     for (int i = 0; i < N; ++i) w[i] = __funnelshift_r(t[i], t[i + 1], sh);
 }
@@ -142,29 +150,29 @@ struct UnitRaw {
     uint32_t s[4];  // header: K-quant scales in s[0..2]; d (and min) in s[3]
 };
 
-template <TensorType T>
+template <TensorType T, bool SH>
 __device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u, UnitRaw& r) {
     if constexpr (T == TensorType::Q8_0) {
         const uint8_t* b = row + size_t(u) * 34;
-        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
-        load_a2<8>(b + 2, r.q);
+        r.s[3] = ldw<SH>(reinterpret_cast<const unsigned short*>(b));
+        load_a2<8, SH>(b + 2, r.q);
     } else if constexpr (T == TensorType::Q4_0) {
         const uint8_t* b = row + size_t(u) * 18;
-        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
-        load_a2<4>(b + 2, r.q);
+        r.s[3] = ldw<SH>(reinterpret_cast<const unsigned short*>(b));
+        load_a2<4, SH>(b + 2, r.q);
     } else if constexpr (T == TensorType::Q5_0) {
         const uint8_t* b = row + size_t(u) * 22;
-        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b));
-        load_a2<1>(b + 2, r.h);
-        load_a2<4>(b + 6, r.q);
+        r.s[3] = ldw<SH>(reinterpret_cast<const unsigned short*>(b));
+        load_a2<1, SH>(b + 2, r.h);
+        load_a2<4, SH>(b + 6, r.q);
     } else if constexpr (T == TensorType::Q4_1) {  // 20-byte blocks: 4-byte aligned
         const unsigned int* b = reinterpret_cast<const unsigned int*>(row + size_t(u) * 20);
-        r.s[3] = __ldg(b);
+        r.s[3] = ldw<SH>(b);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) r.q[i] = __ldg(b + 1 + i);
+        for (int i = 0; i < 4; ++i) r.q[i] = ldw<SH>(b + 1 + i);
     } else if constexpr (T == TensorType::Q5_1) {  // 24-byte blocks: 8-byte aligned
         const uint2* b = reinterpret_cast<const uint2*>(row + size_t(u) * 24);
-        const uint2 x0 = __ldg(b), x1 = __ldg(b + 1), x2 = __ldg(b + 2);
+        const uint2 x0 = ldw<SH>(b), x1 = ldw<SH>(b + 1), x2 = ldw<SH>(b + 2);
         r.s[3] = x0.x;
         r.h[0] = x0.y;
         r.q[0] = x1.x; r.q[1] = x1.y; r.q[2] = x2.x; r.q[3] = x2.y;
@@ -174,16 +182,16 @@ __device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u
         constexpr bool q5 = T == TensorType::Q5_K;
         const uint8_t* b = row + size_t(u >> 2) * (q5 ? 176 : 144);
         const int p = u & 3;
-        const uint4 hd = __ldg(reinterpret_cast<const uint4*>(b));
+        const uint4 hd = ldw<SH>(reinterpret_cast<const uint4*>(b));
         const uint4* qp = reinterpret_cast<const uint4*>(b + (q5 ? 48 : 16) + 32 * p);
-        const uint4 q0 = __ldg(qp), q1 = __ldg(qp + 1);
+        const uint4 q0 = ldw<SH>(qp), q1 = ldw<SH>(qp + 1);
         r.s[3] = hd.x;
         r.s[0] = hd.y; r.s[1] = hd.z; r.s[2] = hd.w;
         r.q[0] = q0.x; r.q[1] = q0.y; r.q[2] = q0.z; r.q[3] = q0.w;
         r.q[4] = q1.x; r.q[5] = q1.y; r.q[6] = q1.z; r.q[7] = q1.w;
         if constexpr (q5) {
             const uint4* hp = reinterpret_cast<const uint4*>(b + 16);
-            const uint4 h0 = __ldg(hp), h1 = __ldg(hp + 1);
+            const uint4 h0 = ldw<SH>(hp), h1 = ldw<SH>(hp + 1);
             r.h[0] = h0.x; r.h[1] = h0.y; r.h[2] = h0.z; r.h[3] = h0.w;
             r.h[4] = h1.x; r.h[5] = h1.y; r.h[6] = h1.z; r.h[7] = h1.w;
         }
@@ -191,10 +199,10 @@ __device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u
         // 210-byte super-blocks (2-byte aligned): ql[128], qh[64], int8 scales[16], f16 d.
         const uint8_t* b = row + size_t(u >> 2) * 210;
         const int h = (u >> 1) & 1, p = u & 1;
-        load_a2<8>(b + 64 * h + 32 * p, r.q);
-        load_a2<8>(b + 128 + 32 * h, r.h);
-        load_a2<2>(b + 192 + 8 * h, r.s);
-        r.s[3] = __ldg(reinterpret_cast<const unsigned short*>(b + 208));
+        load_a2<8, SH>(b + 64 * h + 32 * p, r.q);
+        load_a2<8, SH>(b + 128 + 32 * h, r.h);
+        load_a2<2, SH>(b + 192 + 8 * h, r.s);
+        r.s[3] = ldw<SH>(reinterpret_cast<const unsigned short*>(b + 208));
     }
 }
 
@@ -289,7 +297,9 @@ struct Q8Params {
     int n_jobs;
     int n_groups;  // group_end[n_jobs - 1]
     int K;
-    int wpg;  // warps per row pair: 1, 2 or 4 (long rows)
+    int wpg;  // warps per row group: 1, 2 or 4 (long rows; the staged kernel also 8)
+    int groups_per_block;  // staged kernel: each block's run of row groups
+    int stage_bytes;       // staged kernel: shared-memory bytes for the weights (the input after)
     Q8Source src;
     float* swiglu_out;
 };
@@ -303,15 +313,15 @@ __device__ __forceinline__ V ld_in(const V* p) {
 }
 
 // A warp's (part of the) dot products of two weight rows with the quantized input.
-template <TensorType T, bool PRE>
+template <TensorType T, bool PRE, bool SH = false>
 __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const uint8_t* __restrict__ r1, int K,
                                         const int8_t* aq, const float2* ads, int first, int stride, float acc[2]) {
     constexpr int E = Q8Unit<T>::elems;
     const int U = K / E;
     for (int u = first; u < U; u += stride) {
         UnitRaw w0, w1;
-        unit_load<T>(r0, u, w0);
-        unit_load<T>(r1, u, w1);
+        unit_load<T, SH>(r0, u, w0);
+        unit_load<T, SH>(r1, u, w1);
         int A, B;
         unit_blocks<T>(u, A, B);
         int a[16];
@@ -338,25 +348,27 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
 // 32 (8 values per lane, two 16-byte loads), and each thread loads up to kTrips groups'
 // values before it uses any, so the row arrives in one or two L2 round trips.
+template <int THREADS>
 __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd) {
     constexpr int kTrips = 4;
-    constexpr int kPerTrip = kQ8Threads * 8;
+    constexpr int kPerTrip = THREADS * 8;
+    constexpr int kWarps = THREADS / 32;
     const int tid = threadIdx.x;
     float inv = 1.0f;
     if (src.norm_weight) {
         double ss = 0.0;
-        for (int i = 4 * tid; i < K; i += 4 * kQ8Threads) {
+        for (int i = 4 * tid; i < K; i += 4 * THREADS) {
             const float4 v = __ldg(reinterpret_cast<const float4*>(src.x + i));
             ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        __shared__ double part[kQ8Warps];
+        __shared__ double part[kWarps];
         if ((tid & 31) == 0) part[tid >> 5] = ss;
         __syncthreads();
         double t = 0.0;
 #pragma unroll
-        for (int w = 0; w < kQ8Warps; ++w) t += part[w];
+        for (int w = 0; w < kWarps; ++w) t += part[w];
         // As rms_norm_kernel computes it, so that the fused and unfused paths agree.
         inv = float(1.0 / sqrt(t / K + double(src.eps)));
     }
@@ -439,6 +451,79 @@ __device__ __forceinline__ bool group_rows(const Q8Params& p, int group, int& j,
     return true;
 }
 
+// A row group's outputs: bias, the residual add, or SwiGLU (the two rows are gate and up).
+template <bool SWIGLU>
+__device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, const float acc[2]) {
+    if (SWIGLU) {
+        const MatvecJob& g = p.jobs[0];
+        const MatvecJob& u = p.jobs[1];
+        const int n = n0;
+        const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
+        const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
+        if (g.out != p.swiglu_out) g.out[n] = gv;
+        u.out[n] = uv;
+        p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
+        return;
+    }
+    const MatvecJob& job = p.jobs[j];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int n = n0 + r;
+        if (n >= job.w.N) break;
+        const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
+        job.out[n] = v;
+        if (job.residual) job.residual[n] += v;
+    }
+}
+
+// The block's warps on one row group each (wpg warps per group): the two rows' dot products,
+// summed over the group's warps, stored by its first lane. Every warp of the block calls it
+// (live or not): it synchronizes the block when wpg > 1. SH: the rows are in shared memory.
+template <bool SWIGLU, TensorType FIXED, bool PRE, bool SH>
+__device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, int n0, const uint8_t* r0,
+                                           const uint8_t* r1, const int8_t* sq, const float2* sd,
+                                           float (*red)[2]) {
+    const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wpg = p.wpg, sub = wi % wpg;
+    const int first = lane + 32 * sub, stride = 32 * wpg;
+    float acc[2] = {0.0f, 0.0f};
+    if (live && FIXED != TensorType::F32) {
+        rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE, SH>(r0, r1, p.K, sq, sd, first, stride, acc);
+    } else if (live) {
+#define MN_CASE(T) \
+    case T: rows_q8<T, PRE, SH>(r0, r1, p.K, sq, sd, first, stride, acc); break;
+        switch (p.jobs[j].w.type) {
+            MN_CASE(TensorType::Q4_0)
+            MN_CASE(TensorType::Q4_1)
+            MN_CASE(TensorType::Q5_0)
+            MN_CASE(TensorType::Q5_1)
+            MN_CASE(TensorType::Q8_0)
+            MN_CASE(TensorType::Q4_K)
+            MN_CASE(TensorType::Q5_K)
+            MN_CASE(TensorType::Q6_K)
+            default: break;  // the launcher only sends these types
+        }
+#undef MN_CASE
+    }
+    acc[0] = warp_sum_f(acc[0]);
+    acc[1] = warp_sum_f(acc[1]);
+    if (wpg > 1) {
+        if (lane == 0) {
+            red[wi][0] = acc[0];
+            red[wi][1] = acc[1];
+        }
+        __syncthreads();
+        if (sub == 0) {
+            for (int w = 1; w < wpg; ++w) {
+                acc[0] += red[wi + w][0];
+                acc[1] += red[wi + w][1];
+            }
+        }
+        __syncthreads();  // red is written again by the next group
+    }
+    if (live && sub == 0 && lane == 0) store_group<SWIGLU>(p, j, n0, acc);
+}
+
 // FIXED: the one weight type of every job, compiled alone (fewer registers: more warps
 // resident); TensorType::F32 means "any": a switch over the jobs' types (q, k, v of two types).
 // PRE: the input was quantized by launch_quantize_q8 (else each block quantizes it itself).
@@ -478,7 +563,7 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
     } else {
         int8_t* q = reinterpret_cast<int8_t*>(q8_smem);
         float2* d = reinterpret_cast<float2*>(q + p.K);
-        quantize_row_to_shared(p.src, p.K, q, d);
+        quantize_row_to_shared<kQ8Threads>(p.src, p.K, q, d);
         __syncthreads();
         sq = q;
         sd = d;
@@ -489,65 +574,92 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
         const uint8_t* r0 = nullptr;
         const uint8_t* r1 = nullptr;
         const bool live = group_rows<SWIGLU>(p, g0 * per_block + gib, j, n0, r0, r1);
-        const TensorType type = live ? p.jobs[j].w.type : TensorType::F32;
-        float acc[2] = {0.0f, 0.0f};
-        if (live && FIXED != TensorType::F32) {
-            rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE>(r0, r1, p.K, sq, sd, lane + 32 * sub,
-                                                                            32 * wpg, acc);
-        } else if (live) {
-            const int first = lane + 32 * sub, stride = 32 * wpg;
-#define MN_CASE(T) \
-    case T: rows_q8<T, PRE>(r0, r1, p.K, sq, sd, first, stride, acc); break;
-            switch (type) {
-                MN_CASE(TensorType::Q4_0)
-                MN_CASE(TensorType::Q4_1)
-                MN_CASE(TensorType::Q5_0)
-                MN_CASE(TensorType::Q5_1)
-                MN_CASE(TensorType::Q8_0)
-                MN_CASE(TensorType::Q4_K)
-                MN_CASE(TensorType::Q5_K)
-                MN_CASE(TensorType::Q6_K)
-                default: break;  // the launcher only sends these types
-            }
-#undef MN_CASE
-        }
-        acc[0] = warp_sum_f(acc[0]);
-        acc[1] = warp_sum_f(acc[1]);
-        if (wpg > 1) {
-            if (lane == 0) {
-                red[wi][0] = acc[0];
-                red[wi][1] = acc[1];
-            }
-            __syncthreads();
-            if (sub == 0) {
-                for (int w = 1; w < wpg; ++w) {
-                    acc[0] += red[wi + w][0];
-                    acc[1] += red[wi + w][1];
-                }
-            }
-            __syncthreads();  // red is written again by the next group
-        }
-        if (!live || sub != 0 || lane != 0) continue;
-        if (SWIGLU) {
-            const MatvecJob& g = p.jobs[0];
-            const MatvecJob& u = p.jobs[1];
-            const int n = n0;
-            const float gv = acc[0] + (g.bias ? g.bias[n] : 0.0f);
-            const float uv = acc[1] + (u.bias ? u.bias[n] : 0.0f);
-            if (g.out != p.swiglu_out) g.out[n] = gv;
-            u.out[n] = uv;
-            p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
-            continue;
-        }
-        const MatvecJob& job = p.jobs[j];
+        group_pass<SWIGLU, FIXED, PRE, false>(p, live, j, n0, r0, r1, sq, sd, red);
+    }
+}
+
+// ---- staged: the block's weights copied to shared memory before the wait ----------------------
+//
+// A decode step of a small model is a chain of matvecs of 0.5-6 MB each whose time is latency:
+// each kernel waited for its predecessor, then fetched its weights from DRAM, then reduced. The
+// weights are constant, so they need not wait: here a block takes a contiguous run of row
+// groups (about one share per SM), and before griddepcontrol.wait copies all of its weight
+// bytes into shared memory with cp.async. With programmatic dependent launch the kernel is
+// resident while its predecessor runs (its blocks are few and fit beside it), so when the wait
+// returns the weights are already on chip and what is left is the input row (from L2), the dot
+// products and the sums. Taken when a block's share fits kStagedMaxSmem at 1-4 blocks per SM.
+constexpr int kStagedWarps = 8;
+constexpr int kStagedThreads = kStagedWarps * 32;
+// Under the 48 KB of dynamic shared memory that needs no opt-in, and small enough that two
+// kernels' blocks share an SM (one waiting, one computing).
+constexpr size_t kStagedMaxSmem = size_t(46) << 10;
+
+// Rows [n_lo, n_hi) of job j that the groups [g_begin, g_end) cover (n_lo == n_hi: none).
+template <bool SWIGLU>
+__device__ __forceinline__ void job_rows(const Q8Params& p, int j, int g_begin, int g_end, int& n_lo, int& n_hi) {
+    n_lo = n_hi = 0;
+    if (SWIGLU) {
+        if (j < 2) n_lo = g_begin, n_hi = g_end;  // gate and up: the same rows
+        return;
+    }
+    const int gs = j ? p.group_end[j - 1] : 0;
+    const int lo = max(g_begin, gs), hi = min(g_end, p.group_end[j]);
+    if (lo >= hi) return;
+    n_lo = 2 * (lo - gs);
+    n_hi = min(2 * (hi - gs), p.jobs[j].w.N);
+}
+
+template <bool SWIGLU, TensorType FIXED>
+__global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const Q8Params p) {
+    pdl_launch_dependents();
+    extern __shared__ int4 q8_smem[];
+    uint8_t* stage = reinterpret_cast<uint8_t*>(q8_smem);
+    const int g_begin = blockIdx.x * p.groups_per_block;
+    const int g_end = min(g_begin + p.groups_per_block, p.n_groups);
+    // Job j's rows: global bytes from src[j] (16-byte aligned) at stage + off[j], so that every
+    // address keeps its alignment modulo 16, which the block loads rely on.
+    const uint8_t* src[kMaxMatvecJobs];
+    int off[kMaxMatvecJobs];
+    int used = 0;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int n = n0 + r;
-            if (n >= job.w.N) break;
-            const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
-            job.out[n] = v;
-            if (job.residual) job.residual[n] += v;
+    for (int j = 0; j < kMaxMatvecJobs; ++j) {
+        src[j] = nullptr;
+        off[j] = 0;
+        int n_lo = 0, n_hi = 0;
+        if (j < p.n_jobs) job_rows<SWIGLU>(p, j, g_begin, g_end, n_lo, n_hi);
+        if (n_lo >= n_hi) continue;
+        const QMatrix& m = p.jobs[j].w;
+        const uintptr_t b = reinterpret_cast<uintptr_t>(m.data + size_t(n_lo) * m.row_bytes);
+        const uintptr_t e = reinterpret_cast<uintptr_t>(m.data + size_t(n_hi) * m.row_bytes);
+        const uintptr_t a = b & ~uintptr_t(15);
+        // Rounded up to 16: at most 14 bytes past the tensor, inside upload()'s 16 spare bytes.
+        const int bytes = int(((e + 15) & ~uintptr_t(15)) - a);
+        src[j] = reinterpret_cast<const uint8_t*>(a);
+        off[j] = used;
+        for (int c = 16 * int(threadIdx.x); c < bytes; c += 16 * kStagedThreads)
+            cp_async16(smem_u32(stage + used + c), src[j] + c, true);
+        used += bytes + 16;  // + 16: load_a2 reads up to 2 bytes past a block
+    }
+    cp_async_commit();
+    pdl_wait();
+    int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
+    float2* d = reinterpret_cast<float2*>(q + p.K);
+    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d);
+    cp_async_wait_all();
+    __syncthreads();
+    __shared__ float red[kStagedWarps][2];
+    const int gib = int(threadIdx.x >> 5) / p.wpg, per_pass = kStagedWarps / p.wpg;
+    for (int g0 = g_begin; g0 < g_end; g0 += per_pass) {
+        int j = 0, n0 = 0;
+        const uint8_t* r0 = nullptr;
+        const uint8_t* r1 = nullptr;
+        const bool live = g0 + gib < g_end && group_rows<SWIGLU>(p, g0 + gib, j, n0, r0, r1);
+        if (live) {
+            const int j1 = SWIGLU ? 1 : j;  // SwiGLU: r1 is the up row
+            r0 = stage + off[j] + (r0 - src[j]);
+            r1 = stage + off[j1] + (r1 - src[j1]);
         }
+        group_pass<SWIGLU, FIXED, false, true>(p, live, j, n0, r0, r1, q, d, red);
     }
 }
 
@@ -577,8 +689,63 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 
+namespace {
+
+int unit_elems(TensorType t) {
+    return t == TensorType::Q4_K || t == TensorType::Q5_K || t == TensorType::Q6_K ? 64 : 32;
+}
+
+struct StagedPlan {
+    int blocks = 0;  // 0: the staged kernel does not take this product
+    int groups_per_block = 0;
+    int stage_bytes = 0;
+    int wpg = 1;
+    size_t smem = 0;
+};
+
+// The staged kernel's grid on `sms` SMs: the fewest blocks (1 to 4 per SM) whose share of the
+// weights and the quantized input fit kStagedMaxSmem.
+StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
+    StagedPlan plan;
+    if (sms <= 0 || n_jobs < 1 || n_jobs > kMaxMatvecJobs) return plan;
+    int groups = 0, elems = 64;
+    size_t group_bytes = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+        groups += swiglu ? (j == 0 ? jobs[j].w.N : 0) : (jobs[j].w.N + 1) / 2;
+        group_bytes = swiglu ? jobs[0].w.row_bytes + jobs[n_jobs - 1].w.row_bytes
+                             : std::max(group_bytes, 2 * jobs[j].w.row_bytes);
+        elems = std::min(elems, unit_elems(jobs[j].w.type));
+    }
+    if (groups < 1) return plan;
+    const size_t in_bytes = size_t(K) + size_t(K / 32) * sizeof(float2);
+    for (int per_sm = 1; per_sm <= 4; ++per_sm) {
+        const int gpb = (groups + sms * per_sm - 1) / (sms * per_sm);
+        // Per job: the rows' bytes, up to 15 before and after for the 16-byte alignment, 16 spare.
+        const size_t stage = (size_t(gpb) * group_bytes + 48 * size_t(n_jobs) + 15) & ~size_t(15);
+        if (stage + in_bytes > kStagedMaxSmem) continue;
+        plan.groups_per_block = gpb;
+        plan.blocks = (groups + gpb - 1) / gpb;
+        plan.stage_bytes = int(stage);
+        plan.smem = stage + in_bytes;
+        // Warps per group: enough for a lane per unit of the row, as far as the block's warps
+        // go round its groups.
+        const int need = (K / elems + 31) / 32;
+        int wpg = 1;
+        while (wpg < need && wpg * 2 * std::min(gpb, kStagedWarps) <= kStagedWarps) wpg *= 2;
+        plan.wpg = wpg;
+        return plan;
+    }
+    return plan;
+}
+
+}  // namespace
+
+bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
+    return staged_plan(jobs, n_jobs, K, swiglu, sms).blocks > 0;
+}
+
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, bool pdl, cudaStream_t stream) {
+                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream) {
     if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
     if (K < 32 || K % 32 != 0 || K > kQ8MaxK)
         throw Error("cuda matvec_q8: K must be a multiple of 32 up to " + std::to_string(kQ8MaxK) + ", got " +
@@ -600,6 +767,35 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     p.K = K;
     p.src = src;
     p.swiglu_out = swiglu_out;
+    if (src.x) {
+        const StagedPlan plan = staged_plan(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms);
+        if (plan.blocks > 0) {
+            p.wpg = plan.wpg;
+            p.groups_per_block = plan.groups_per_block;
+            p.stage_bytes = plan.stage_bytes;
+            bool one_type = true;
+            for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
+#define MN_LAUNCH(T)                                                                                               \
+    if (swiglu_out) launch_kernel(pdl, matvec_q8_staged_kernel<true, T>, dim3(plan.blocks), dim3(kStagedThreads), \
+                                  plan.smem, stream, p);                                                           \
+    else launch_kernel(pdl, matvec_q8_staged_kernel<false, T>, dim3(plan.blocks), dim3(kStagedThreads), plan.smem, \
+                       stream, p);
+            switch (one_type ? jobs[0].w.type : TensorType::F32) {
+                case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
+                case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
+                case TensorType::Q5_0: MN_LAUNCH(TensorType::Q5_0) break;
+                case TensorType::Q5_1: MN_LAUNCH(TensorType::Q5_1) break;
+                case TensorType::Q8_0: MN_LAUNCH(TensorType::Q8_0) break;
+                case TensorType::Q4_K: MN_LAUNCH(TensorType::Q4_K) break;
+                case TensorType::Q5_K: MN_LAUNCH(TensorType::Q5_K) break;
+                case TensorType::Q6_K: MN_LAUNCH(TensorType::Q6_K) break;
+                default: MN_LAUNCH(TensorType::F32) break;
+            }
+#undef MN_LAUNCH
+            MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
+            return;
+        }
+    }
     int wpg = warps_per_row;
     if (wpg <= 0) {
         // Long rows get several warps, so that enough loads are in flight on few rows.
