@@ -251,6 +251,7 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED")) q8_staged_sms_ = std::max(0, std::atoi(q));
     if (q8_warps_ > 0 || q8_max_blocks_ > 0 || q8_prequantize_) q8_staged_sms_ = 0;
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED_ONLY")) q8_staged_only_ = std::string(q) == "1";
+    cuda::prepare_matvec_q8();
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -422,11 +423,9 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
     size_t weight_bytes = 0;
     for (int j = 0; j < mm.n; ++j) weight_bytes += mm.jobs[j].w.row_bytes * size_t(mm.jobs[j].w.N);
     // The staged kernel has few blocks: the input quantized in each of them costs less than a launch.
-    const bool staged = cuda::matvec_q8_staged(mm.jobs, mm.n, mm.K, fuse_swiglu, q8_staged_sms_);
-    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK &&
-                           (staged || weight_bytes <= kQ8InKernelMaxWeightBytes) && aligned16(src.x) &&
-                           aligned16(src.norm_weight) && aligned16(src.norm_out);
-    if (q8_staged_only_ && !(staged && in_kernel))
+    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
+                           aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
+    if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(mm.jobs, mm.n, mm.K, fuse_swiglu, q8_staged_sms_)))
         throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(mm.K) + "-wide product of " +
                     std::to_string(weight_bytes) + " bytes cannot take the staged matvec");
     if (!in_kernel) {

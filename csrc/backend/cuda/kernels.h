@@ -87,6 +87,8 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 // groups each).
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
                       int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream);
+// Sets the staged kernels' function attributes (their L1 / shared-memory split); once per backend.
+void prepare_matvec_q8();
 // Whether launch_matvec_q8 would take these jobs (in-kernel input) to the staged kernel.
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
 
