@@ -190,22 +190,29 @@ def test_real_geometry_synthetic_model(tmp_path):
         assert top1_ok(got[pos], cpu[pos]), pos
 
 
+# The bound is cosine >= 0.999 with the fp32 KV cache. With the f16 cache the two backends round
+# differently (the CPU's f16 attention path differs from its own f32 path by cosine 0.9995 at
+# position 13 of this prompt, CUDA's f16 from its f32 path by < 5e-5; measured on the H100), and
+# CUDA vs CPU reaches 0.9985 there (>= 0.9996 at every other position): 0.998 for f16.
 @pytest.mark.skipif(not os.path.exists(REAL_MODEL), reason="the real 0.5B model is not in the cache")
-def test_real_model_cuda_matches_cpu():
+@pytest.mark.parametrize("kv_type,bound", [("f32", 0.999), ("f16", 0.998)])
+def test_real_model_cuda_matches_cpu(kv_type, bound):
     tokens = [151644, 872, 198, 7985, 264, 729, 429, 12341, 279, 24632, 315, 1378, 5109, 13, 151645, 198,
               151644, 77091, 198]
-    with Model(REAL_MODEL, n_ctx=256, backend="cpu") as c:
+    with Model(REAL_MODEL, n_ctx=256, backend="cpu", kv_type=kv_type) as c:
         cpu = c.eval(tokens, all_logits=True)
         cpu_next = [c.eval([t]) for t in (750, 2629, 1337)]
-    with Model(REAL_MODEL, n_ctx=256, backend="cuda") as g:
+    with Model(REAL_MODEL, n_ctx=256, backend="cuda", kv_type=kv_type) as g:
         got = g.eval(tokens, all_logits=True)
         got_next = [g.eval([t]) for t in (750, 2629, 1337)]
     for pos in range(len(tokens)):
-        assert cosine(got[pos], cpu[pos]) >= 0.999, pos
+        assert cosine(got[pos], cpu[pos]) >= bound, (pos, cosine(got[pos], cpu[pos]))
         assert top1_ok(got[pos], cpu[pos]), pos
     for a, b in zip(got_next, cpu_next):
-        assert cosine(a, b) >= 0.999
+        assert cosine(a, b) >= bound, cosine(a, b)
         assert np.argmax(a) == np.argmax(b)
+    print(kv_type, "min cosine", min(cosine(got[p], cpu[p]) for p in range(len(tokens))),
+          "decode", min(cosine(a, b) for a, b in zip(got_next, cpu_next)))
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16"])
