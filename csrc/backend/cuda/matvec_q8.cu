@@ -22,6 +22,7 @@
 // K-quants, two 32-element sub-blocks that share bytes. Both rows' loads of a
 // unit are issued before either is used; the input unit is loaded once for both.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -697,6 +698,29 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 
 namespace {
 
+// Calls f(tag) with tag::value the kernels' FIXED type for a product whose jobs all have type t
+// (TensorType::F32, the per-job switch, where they differ: `mixed`).
+template <typename F>
+void with_fixed_type(TensorType t, bool mixed, F&& f) {
+    switch (mixed ? TensorType::F32 : t) {
+        case TensorType::Q4_0: f(std::integral_constant<TensorType, TensorType::Q4_0>{}); break;
+        case TensorType::Q4_1: f(std::integral_constant<TensorType, TensorType::Q4_1>{}); break;
+        case TensorType::Q5_0: f(std::integral_constant<TensorType, TensorType::Q5_0>{}); break;
+        case TensorType::Q5_1: f(std::integral_constant<TensorType, TensorType::Q5_1>{}); break;
+        case TensorType::Q8_0: f(std::integral_constant<TensorType, TensorType::Q8_0>{}); break;
+        case TensorType::Q4_K: f(std::integral_constant<TensorType, TensorType::Q4_K>{}); break;
+        case TensorType::Q5_K: f(std::integral_constant<TensorType, TensorType::Q5_K>{}); break;
+        case TensorType::Q6_K: f(std::integral_constant<TensorType, TensorType::Q6_K>{}); break;
+        default: f(std::integral_constant<TensorType, TensorType::F32>{}); break;
+    }
+}
+
+bool mixed_types(const MatvecJob* jobs, int n_jobs) {
+    for (int j = 1; j < n_jobs; ++j)
+        if (jobs[j].w.type != jobs[0].w.type) return true;
+    return false;
+}
+
 int unit_elems(TensorType t) {
     return t == TensorType::Q4_K || t == TensorType::Q5_K || t == TensorType::Q6_K ? 64 : 32;
 }
@@ -755,21 +779,18 @@ void prepare_matvec_q8() {
     // against 1,029 with the driver's default carveout and 1,014 with the largest shared
     // carveout for every decode kernel, while each kernel alone ran as fast in all three: with
     // the default, the dependent launches' overlap was lost.
-#define MN_SET(T)                                                                                                   \
-    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T>, cudaFuncAttributePreferredSharedMemoryCarveout, \
-                                       int(cudaSharedmemCarveoutMaxL1)));                                           \
-    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T>,                                          \
-                                       cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxL1)));
-    MN_SET(TensorType::Q4_0)
-    MN_SET(TensorType::Q4_1)
-    MN_SET(TensorType::Q5_0)
-    MN_SET(TensorType::Q5_1)
-    MN_SET(TensorType::Q8_0)
-    MN_SET(TensorType::Q4_K)
-    MN_SET(TensorType::Q5_K)
-    MN_SET(TensorType::Q6_K)
-    MN_SET(TensorType::F32)
-#undef MN_SET
+    const TensorType types[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
+                                TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K, TensorType::F32};
+    for (TensorType t : types) {
+        with_fixed_type(t, false, [](auto tag) {
+            constexpr TensorType T = decltype(tag)::value;
+            const int carveout = int(cudaSharedmemCarveoutMaxL1);
+            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T>,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T>,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+        });
+    }
 }
 
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
@@ -805,25 +826,11 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             p.wpg = plan.wpg;
             p.groups_per_block = plan.groups_per_block;
             p.stage_bytes = plan.stage_bytes;
-            bool one_type = true;
-            for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
-#define MN_LAUNCH(T)                                                                                               \
-    if (swiglu_out) launch_kernel(pdl, matvec_q8_staged_kernel<true, T>, dim3(plan.blocks), dim3(kStagedThreads), \
-                                  plan.smem, stream, p);                                                           \
-    else launch_kernel(pdl, matvec_q8_staged_kernel<false, T>, dim3(plan.blocks), dim3(kStagedThreads), plan.smem, \
-                       stream, p);
-            switch (one_type ? jobs[0].w.type : TensorType::F32) {
-                case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
-                case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
-                case TensorType::Q5_0: MN_LAUNCH(TensorType::Q5_0) break;
-                case TensorType::Q5_1: MN_LAUNCH(TensorType::Q5_1) break;
-                case TensorType::Q8_0: MN_LAUNCH(TensorType::Q8_0) break;
-                case TensorType::Q4_K: MN_LAUNCH(TensorType::Q4_K) break;
-                case TensorType::Q5_K: MN_LAUNCH(TensorType::Q5_K) break;
-                case TensorType::Q6_K: MN_LAUNCH(TensorType::Q6_K) break;
-                default: MN_LAUNCH(TensorType::F32) break;
-            }
-#undef MN_LAUNCH
+            with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
+                constexpr TensorType T = decltype(tag)::value;
+                launch_kernel(pdl, swiglu_out ? matvec_q8_staged_kernel<true, T> : matvec_q8_staged_kernel<false, T>,
+                              dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
+            });
             MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
             return;
         }
@@ -841,26 +848,12 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
     const bool pre = !src.x;
     const size_t smem = pre ? 0 : size_t(K) + size_t(K / 32) * sizeof(float2);
-    bool one_type = true;
-    for (int j = 1; j < n_jobs; ++j) one_type &= jobs[j].w.type == jobs[0].w.type;
-    const TensorType t = one_type ? jobs[0].w.type : TensorType::F32;
-#define MN_LAUNCH(T)                                                                                          \
-    if (swiglu_out && pre) launch_kernel(pdl, matvec_q8_kernel<true, T, true>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
-    else if (swiglu_out) launch_kernel(pdl, matvec_q8_kernel<true, T, false>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
-    else if (pre) launch_kernel(pdl, matvec_q8_kernel<false, T, true>, dim3(blocks), dim3(kQ8Threads), smem, stream, p); \
-    else launch_kernel(pdl, matvec_q8_kernel<false, T, false>, dim3(blocks), dim3(kQ8Threads), smem, stream, p);
-    switch (t) {
-        case TensorType::Q4_0: MN_LAUNCH(TensorType::Q4_0) break;
-        case TensorType::Q4_1: MN_LAUNCH(TensorType::Q4_1) break;
-        case TensorType::Q5_0: MN_LAUNCH(TensorType::Q5_0) break;
-        case TensorType::Q5_1: MN_LAUNCH(TensorType::Q5_1) break;
-        case TensorType::Q8_0: MN_LAUNCH(TensorType::Q8_0) break;
-        case TensorType::Q4_K: MN_LAUNCH(TensorType::Q4_K) break;
-        case TensorType::Q5_K: MN_LAUNCH(TensorType::Q5_K) break;
-        case TensorType::Q6_K: MN_LAUNCH(TensorType::Q6_K) break;
-        default: MN_LAUNCH(TensorType::F32) break;
-    }
-#undef MN_LAUNCH
+    with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
+        constexpr TensorType T = decltype(tag)::value;
+        auto kernel = swiglu_out ? (pre ? matvec_q8_kernel<true, T, true> : matvec_q8_kernel<true, T, false>)
+                                 : (pre ? matvec_q8_kernel<false, T, true> : matvec_q8_kernel<false, T, false>);
+        launch_kernel(pdl, kernel, dim3(blocks), dim3(kQ8Threads), smem, stream, p);
+    });
     MN_CUDA_CHECK_LAUNCH("matvec_q8_kernel");
 }
 
