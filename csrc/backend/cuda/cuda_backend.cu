@@ -422,7 +422,6 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
     }
     size_t weight_bytes = 0;
     for (int j = 0; j < mm.n; ++j) weight_bytes += mm.jobs[j].w.row_bytes * size_t(mm.jobs[j].w.N);
-    // The staged kernel has few blocks: the input quantized in each of them costs less than a launch.
     const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
                            aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
     if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(mm.jobs, mm.n, mm.K, fuse_swiglu, q8_staged_sms_)))

@@ -80,8 +80,9 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
                         bool pdl, cudaStream_t stream);
 // out = W q8(src) (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
 // swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
-// staged_sms > 0 (the SM count): products whose input is quantized in the kernel and whose weights
-// fit the staged kernel's shared memory at 1-4 blocks per SM take it (matvec_q8_staged); the
+// staged_sms > 0 (the SM count): products whose input is quantized in the kernel, of at most
+// 6.5 MiB, whose weights fit the staged kernel's shared memory at 1-4 blocks per SM take it
+// (matvec_q8_staged); the
 // others, and all with staged_sms = 0, the kernel below, where warps_per_row 1, 2 or 4 warps
 // share a row pair (0 picks by K) and max_blocks > 0 caps the grid (blocks then take several row
 // groups each).

@@ -739,17 +739,15 @@ StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, in
     StagedPlan plan;
     if (sms <= 0 || n_jobs < 1 || n_jobs > kMaxMatvecJobs) return plan;
     int groups = 0, elems = 64;
-    size_t group_bytes = 0;
+    size_t group_bytes = 0, total = 0;
     for (int j = 0; j < n_jobs; ++j) {
         groups += swiglu ? (j == 0 ? jobs[j].w.N : 0) : (jobs[j].w.N + 1) / 2;
         group_bytes = swiglu ? jobs[0].w.row_bytes + jobs[n_jobs - 1].w.row_bytes
                              : std::max(group_bytes, 2 * jobs[j].w.row_bytes);
         elems = std::min(elems, unit_elems(jobs[j].w.type));
+        total += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
     }
-    if (groups < 1) return plan;
-    size_t total = 0;
-    for (int j = 0; j < n_jobs; ++j) total += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
-    if (total > kStagedMaxWeightBytes) return plan;
+    if (groups < 1 || total > kStagedMaxWeightBytes) return plan;
     const size_t in_bytes = size_t(K) + size_t(K / 32) * sizeof(float2);
     for (int per_sm = 1; per_sm <= 4; ++per_sm) {
         const int gpb = (groups + sms * per_sm - 1) / (sms * per_sm);
