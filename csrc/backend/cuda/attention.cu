@@ -323,6 +323,9 @@ struct DecodeArgs {
     float* part;
     int* counters;
     float* out;
+#ifdef MN_CUDA_TRACE
+    TraceSink trace;
+#endif
 };
 
 //
@@ -331,6 +334,7 @@ struct DecodeArgs {
 // values (written by earlier steps), so those DRAM trips overlap the q/k/v matvec's tail.
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
+    MN_TRACE_BEGIN;
     pdl_launch_dependents();
     const int s = blockIdx.x, h = blockIdx.y;
     const int pos = *a.pos0;
@@ -355,6 +359,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         }
     }
     pdl_wait();
+    MN_TRACE(1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     extern __shared__ float smem[];
     float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
@@ -406,6 +411,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         }
     }
     __syncthreads();
+    MN_TRACE(2);
     float qv[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; ++i) qv[i] = lane + 32 * i < hd ? sq[lane + 32 * i] : 0.0f;
@@ -472,6 +478,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         }
         m = m_new;
     }
+    MN_TRACE(3);
     // Merge the warps: weights e^(m_w - M) (0 for a warp that had no key).
     __shared__ float wm[kAttnWarps], wl[kAttnWarps];
     if (lane == 0) {
@@ -502,6 +509,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
             for (int w = 0; w < kAttnWarps; ++w) t += ww[w] * sacc[w * hd + d];
             orow[d] = t / sum;
         }
+        MN_TRACE_END(a.trace, 3, a.kc, 4);
         return;
     }
     float* head_part = a.part + size_t(h) * a.n_splits * (hd + 2);
@@ -521,10 +529,15 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     __syncthreads();
     if (threadIdx.x == 0) s_last = atomicAdd(a.counters + h, 1) == live - 1;
     __syncthreads();
-    if (!s_last) return;
+    if (!s_last) {
+        MN_TRACE_END(a.trace, 3, a.kc, 4);
+        return;
+    }
+    MN_TRACE(4);
     __threadfence();
     combine_chunks(head_part, live, hd, orow);
     if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
+    MN_TRACE_END(a.trace, 3, a.kc, 5);
 }
 
 // Prefill: a block takes 16 query rows of one head and walks the keys in
@@ -685,6 +698,9 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
             throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
         DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, hd,
                      plan.chunk, plan.n_splits, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out};
+#ifdef MN_CUDA_TRACE
+        if (a.trace) d.trace = *a.trace;
+#endif
         const dim3 grid(plan.n_splits, a.n_heads);
         if (a.f16_cache) launch_kernel(a.pdl, decode_kernel_for<__half>(hd), grid, dim3(kThreads), smem, stream, d);
         else launch_kernel(a.pdl, decode_kernel_for<float>(hd), grid, dim3(kThreads), smem, stream, d);

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "backend/cuda/kernels.h"
 #include "quant/formats.h"
 
 namespace mn::cuda {
@@ -63,6 +64,47 @@ __device__ __forceinline__ void pdl_launch_dependents() {
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
+// ---------------------------------------------------------------------------
+// Decode timeline (diagnostic builds only: cmake -DMETALLIC_CUDA_TRACE=ON defines MN_CUDA_TRACE).
+// Thread 0 of each block of the decode kernels notes the global timer (ns, common to all SMs)
+// at fixed points: 0 entry, 1 after pdl_wait, 2 and 3 kernel-specific (staged matvec: input
+// quantized, weights in shared memory; attention: q/k/v loaded, keys walked), 4 (and 5) done.
+// The stamps stay in registers and go out as one record per block at its end (one atomic,
+// after the work), so the timeline is not stretched by its own bookkeeping.
+// bench/cuda_decode_trace.py reads the records. In other builds the macros are empty.
+// ---------------------------------------------------------------------------
+#ifdef MN_CUDA_TRACE
+struct TraceStamps {
+    unsigned long long t[6] = {0, 0, 0, 0, 0, 0};
+};
+__device__ __forceinline__ unsigned long long trace_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void trace_flush(const TraceSink& s, int kind, const void* tag, const TraceStamps& ts) {
+    if (threadIdx.x != 0 || !s.buf) return;
+    const unsigned int i = atomicAdd(s.n, 1u);
+    if (i >= s.cap) return;
+    TraceRec r;
+    for (int k = 0; k < 6; ++k) r.t[k] = ts.t[k];
+    r.tag = unsigned(reinterpret_cast<uintptr_t>(tag));
+    r.block = (unsigned short)(blockIdx.x + blockIdx.y * gridDim.x);
+    r.kind = (unsigned char)kind;
+    r.pad = 0;
+    r.pad2 = r.pad3 = 0;
+    s.buf[i] = r;
+}
+#define MN_TRACE_BEGIN ::mn::cuda::TraceStamps mn_ts; mn_ts.t[0] = ::mn::cuda::trace_now()
+#define MN_TRACE(ev) (mn_ts.t[ev] = ::mn::cuda::trace_now())
+#define MN_TRACE_END(sink, kind, tag, ev) \
+    (mn_ts.t[ev] = ::mn::cuda::trace_now(), ::mn::cuda::trace_flush(sink, kind, tag, mn_ts))
+#else
+#define MN_TRACE_BEGIN ((void)0)
+#define MN_TRACE(ev) ((void)0)
+#define MN_TRACE_END(sink, kind, tag, ev) ((void)0)
+#endif
+
 // Asks L2 for the 128-byte line holding p (no register is written: nothing waits for it).
 __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

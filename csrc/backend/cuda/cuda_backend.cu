@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -204,7 +205,10 @@ private:
     // that fit it: the SM count, or METALLIC_CUDA_Q8_STAGED=N to plan for N SMs (0: off). Off
     // when one of the switches above fixes the other kernel's shape.
     int q8_staged_sms_ = 0;
-    bool q8_staged_only_ = false;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
+    bool q8_staged_only_ = false;
+    // Decode timeline records (MN_CUDA_TRACE builds only; written at destruction to the file
+    // METALLIC_CUDA_TRACE_FILE names; bench/cuda_decode_trace.py reads them).
+    cuda::TraceSink trace_;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
     // Programmatic dependent launches (sm_90+) for the decode kernels that support them
     // (common.cuh); METALLIC_CUDA_PDL=0 turns them off.
     bool pdl_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
@@ -257,6 +261,12 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
     d_topk_ = device_alloc(kTopkResultWords * sizeof(int32_t), "top-k results");
     ensure_ids(256);
+#ifdef MN_CUDA_TRACE
+    trace_.cap = 1u << 22;  // 256 MiB of records: a few hundred decode steps of a 0.5B model
+    trace_.buf = static_cast<cuda::TraceRec*>(device_alloc(sizeof(cuda::TraceRec) * trace_.cap, "trace records"));
+    trace_.n = static_cast<unsigned int*>(device_alloc(sizeof(unsigned int), "trace counter"));
+    MN_CUDA_CHECK(cudaMemset(trace_.n, 0, sizeof(unsigned int)));
+#endif
 }
 
 CudaBackend::~CudaBackend() {
@@ -270,6 +280,21 @@ CudaBackend::~CudaBackend() {
         }
         cudaStreamSynchronize(stream_);
     }
+#ifdef MN_CUDA_TRACE
+    if (trace_.buf) {
+        unsigned int n = 0;
+        cudaMemcpy(&n, trace_.n, sizeof n, cudaMemcpyDeviceToHost);
+        std::vector<cuda::TraceRec> recs(std::min(n, trace_.cap));
+        cudaMemcpy(recs.data(), trace_.buf, recs.size() * sizeof(cuda::TraceRec), cudaMemcpyDeviceToHost);
+        if (const char* f = std::getenv("METALLIC_CUDA_TRACE_FILE"))
+            if (FILE* fp = std::fopen(f, "wb")) {
+                std::fwrite(recs.data(), sizeof(cuda::TraceRec), recs.size(), fp);
+                std::fclose(fp);
+            }
+        cudaFree(trace_.buf);
+        cudaFree(trace_.n);
+    }
+#endif
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
     cublas_.reset();  // its handle is bound to stream_
     for (void* p : weights_) cudaFree(p);
@@ -434,7 +459,7 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         src.pre = q8_in_;
     }
     cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, src, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
-                           q8_max_blocks_, q8_staged_sms_, pdl_, stream_);
+                           q8_max_blocks_, q8_staged_sms_, pdl_, stream_, &trace_);
     if (mm.swiglu_out && !fuse_swiglu)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
     return true;
@@ -843,6 +868,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.scratch = scratch_;
     a.thread_per_key = attn_thread_per_key_;
     a.prefill_tc = attn_prefill_tc_;
+    a.trace = &trace_;
     cuda::launch_attention(a, stream_);
 }
 

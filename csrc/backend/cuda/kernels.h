@@ -13,6 +13,21 @@
 
 namespace mn::cuda {
 
+// Decode timeline records (diagnostic builds; common.cuh says how they are taken).
+struct TraceRec {
+    unsigned long long t[6];  // 0: point not reached
+    unsigned int tag;         // low bits of a pointer that tells the launches apart (weights, cache)
+    unsigned short block;
+    unsigned char kind;       // 1 staged matvec, 2 row-pair matvec, 3 decode attention
+    unsigned char pad;
+    unsigned int pad2, pad3;
+};
+struct TraceSink {
+    TraceRec* buf = nullptr;  // device; null: not tracing
+    unsigned int* n = nullptr;
+    unsigned int cap = 0;
+};
+
 // A weight matrix on the device in its GGUF format: N rows of K elements.
 struct QMatrix {
     const uint8_t* data = nullptr;
@@ -87,7 +102,8 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 // share a row pair (0 picks by K) and max_blocks > 0 caps the grid (blocks then take several row
 // groups each).
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream);
+                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream,
+                      const TraceSink* trace = nullptr);
 // Sets the staged kernels' function attributes (their L1 / shared-memory split); once per backend.
 void prepare_matvec_q8();
 // Whether launch_matvec_q8 would take these jobs (in-kernel input) to the staged kernel.
@@ -193,6 +209,7 @@ struct AttentionArgs {
     int* counters = nullptr;
     bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
     int decode_chunk = kAttnSplit;  // fewest keys per chunk of the fused decode kernel (multiple of 32)
+    const TraceSink* trace = nullptr;  // decode timeline (MN_CUDA_TRACE builds; common.cuh)
     // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
     // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
     // 16 slots with each tile's keys split over two warps; 42 = 2 groups, keys split over four;

@@ -303,6 +303,9 @@ struct Q8Params {
     int stage_bytes;       // staged kernel: shared-memory bytes for the weights (the input after)
     Q8Source src;
     float* swiglu_out;
+#ifdef MN_CUDA_TRACE
+    TraceSink trace;
+#endif
 };
 
 // Loads of the quantized input: from the block's shared memory, or (PRE) from the row that
@@ -541,6 +544,7 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
     const int wpg = p.wpg;
     const int gib = wi / wpg, sub = wi - gib * wpg;
     const int per_block = kQ8Warps / wpg;
+    MN_TRACE_BEGIN;
     pdl_launch_dependents();
     {
         // The first group's two rows: 128-byte lines lane, lane + 32 of each (up to 8 KB).
@@ -555,6 +559,7 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
         }
     }
     pdl_wait();
+    MN_TRACE(1);
     extern __shared__ int4 q8_smem[];
     const int8_t* sq;
     const float2* sd;
@@ -577,6 +582,7 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
         const bool live = group_rows<SWIGLU>(p, g0 * per_block + gib, j, n0, r0, r1);
         group_pass<SWIGLU, FIXED, PRE, false>(p, live, j, n0, r0, r1, sq, sd, red);
     }
+    MN_TRACE_END(p.trace, 2, p.jobs[0].w.data, 4);
 }
 
 // ---- staged: the block's weights copied to shared memory before the wait ----------------------
@@ -618,6 +624,7 @@ __device__ __forceinline__ void job_rows(const Q8Params& p, int j, int g_begin, 
 
 template <bool SWIGLU, TensorType FIXED>
 __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const Q8Params p) {
+    MN_TRACE_BEGIN;
     pdl_launch_dependents();
     extern __shared__ int4 q8_smem[];
     uint8_t* stage = reinterpret_cast<uint8_t*>(q8_smem);
@@ -649,11 +656,14 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
     }
     cp_async_commit();
     pdl_wait();
+    MN_TRACE(1);
     int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
     float2* d = reinterpret_cast<float2*>(q + p.K);
     quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d);
+    MN_TRACE(2);
     cp_async_wait_all();
     __syncthreads();
+    MN_TRACE(3);
     __shared__ float red[kStagedWarps][2];
     const int gib = int(threadIdx.x >> 5) / p.wpg, per_pass = kStagedWarps / p.wpg;
     for (int g0 = g_begin; g0 < g_end; g0 += per_pass) {
@@ -668,6 +678,7 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
         }
         group_pass<SWIGLU, FIXED, false, true>(p, live, j, n0, r0, r1, q, d, red);
     }
+    MN_TRACE_END(p.trace, 1, p.jobs[0].w.data, 4);
 }
 
 }  // namespace
@@ -796,7 +807,8 @@ bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int
 }
 
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream) {
+                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream,
+                      const TraceSink* trace) {
     if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw Error("cuda matvec_q8: bad job count " + std::to_string(n_jobs));
     if (K < 32 || K % 32 != 0 || K > kQ8MaxK)
         throw Error("cuda matvec_q8: K must be a multiple of 32 up to " + std::to_string(kQ8MaxK) + ", got " +
@@ -818,6 +830,11 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     p.K = K;
     p.src = src;
     p.swiglu_out = swiglu_out;
+#ifdef MN_CUDA_TRACE
+    if (trace) p.trace = *trace;
+#else
+    (void)trace;
+#endif
     if (src.x) {
         const StagedPlan plan = staged_plan(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms);
         if (plan.blocks > 0) {
