@@ -88,7 +88,7 @@ __device__ __forceinline__ void trace_flush(const TraceSink& s, int kind, const 
     if (i >= s.cap) return;
     TraceRec r;
     for (int k = 0; k < 6; ++k) r.t[k] = ts.t[k];
-    r.tag = unsigned(reinterpret_cast<uintptr_t>(tag));
+    r.tag = unsigned(reinterpret_cast<uintptr_t>(tag) >> 8);  // allocations are 256-byte aligned
     r.block = (unsigned short)(blockIdx.x + blockIdx.y * gridDim.x);
     r.kind = (unsigned char)kind;
     r.pad = 0;

@@ -16,7 +16,7 @@ namespace mn::cuda {
 // Decode timeline records (diagnostic builds; common.cuh says how they are taken).
 struct TraceRec {
     unsigned long long t[6];  // 0: point not reached
-    unsigned int tag;         // low bits of a pointer that tells the launches apart (weights, cache)
+    unsigned int tag;         // a pointer that tells the launches apart (weights, cache), / 256
     unsigned short block;
     unsigned char kind;       // 1 staged matvec, 2 row-pair matvec, 3 decode attention
     unsigned char pad;
