@@ -88,6 +88,7 @@ def analyze(out):
     print(f"step period {period / 1e3:.1f} us, {len(mid[0])} traced launches per step")
     print(" pos kind    blocks   entry(lo..hi)      wait(lo..hi)     q/k st/loop    exit(lo..hi)     gap   post")
     totals = collections.defaultdict(float)
+    rows = []
     for p in range(len(mid[0])):
         v = collections.defaultdict(list)
         for step in mid:
@@ -108,10 +109,12 @@ def analyze(out):
         post = g("xhi") - g("1lo")
         totals[kind] += post
         totals["gaps"] += g("gap") if p else 0.0
+        rows.append({"kind": kind, "blocks": int(g("blocks")), "wait": g("1lo"), "gap": g("gap"), "post": post})
         print(f"{p:4d} {kind:7s} {int(g('blocks')):6d} {g('0lo'):8.2f}..{g('0hi'):8.2f} {g('1lo'):8.2f}..{g('1hi'):8.2f}"
               f" {g('2hi') - g('1lo'):6.2f} {g('3hi') - g('1lo'):6.2f} {g('xlo'):8.2f}..{g('xhi'):8.2f}"
               f" {g('gap'):5.2f} {post:6.2f}")
     print("per step, us:", ", ".join(f"{k} {x:.1f}" for k, x in totals.items()))
+    return period / 1e3, rows
 
 
 def main():
