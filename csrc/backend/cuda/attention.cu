@@ -11,6 +11,7 @@
 // tile kernels (attention_prefill.cu on tensor cores, attn_tile_kernel here).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -659,15 +660,22 @@ __global__ void __launch_bounds__(kThreads) attn_tile_kernel(const float* __rest
     }
 }
 
+// Calls f(tag) with tag::value the dimensions per lane (DPL) that the split and decode kernels
+// are compiled for, the fewest that cover a head of hd dimensions (hd <= 256).
+template <typename F>
+auto with_dpl(int hd, F&& f) {
+    if (hd <= 32) return f(std::integral_constant<int, 1>{});
+    if (hd <= 64) return f(std::integral_constant<int, 2>{});
+    if (hd <= 128) return f(std::integral_constant<int, 4>{});
+    return f(std::integral_constant<int, 8>{});
+}
+
 template <typename T>
 using SplitKernel = void (*)(const float*, const T*, const T*, int, const int*, int, int, int, int, int, float*);
 
 template <typename T>
 SplitKernel<T> split_kernel_for(int hd) {
-    if (hd <= 32) return attn_split_kernel<T, 1>;
-    if (hd <= 64) return attn_split_kernel<T, 2>;
-    if (hd <= 128) return attn_split_kernel<T, 4>;
-    return attn_split_kernel<T, 8>;
+    return with_dpl(hd, [](auto dpl) -> SplitKernel<T> { return attn_split_kernel<T, decltype(dpl)::value>; });
 }
 
 template <typename T>
@@ -675,10 +683,7 @@ using DecodeKernel = void (*)(const DecodeArgs);
 
 template <typename T>
 DecodeKernel<T> decode_kernel_for(int hd) {
-    if (hd <= 32) return attn_decode_kernel<T, 1>;
-    if (hd <= 64) return attn_decode_kernel<T, 2>;
-    if (hd <= 128) return attn_decode_kernel<T, 4>;
-    return attn_decode_kernel<T, 8>;
+    return with_dpl(hd, [](auto dpl) -> DecodeKernel<T> { return attn_decode_kernel<T, decltype(dpl)::value>; });
 }
 
 }  // namespace
