@@ -232,9 +232,11 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #             combine launch instead of the fused decode attention kernel. Compared on the
     #             fp32 matvec: its attention output differs from the fused kernel's in the last
     #             bits, and the 8-bit quantization of the o projection's input would turn that
-    #             into whole quantization steps (rel ~1e-2 on these tiny random models).
-    # A 70-token prefill first, so that the decode steps attend over 3 chunks of 32 keys (the
-    # fused kernel's last-block combine), then 12 decode steps.
+    #             into whole quantization steps (rel ~1e-2 on these tiny random models);
+    #   c32       (with the fp32 matvec) the fused decode kernel with chunks of 32 keys: after
+    #             the 70-token prefill the steps attend over 3 chunks, which the last block of
+    #             each head combines (the default chunk, 256 keys, holds them all in one).
+    # A 70-token prefill first, then 12 decode steps.
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=4, **geometry(wtype))
     rng = np.random.default_rng(9)
     prompt = rng.integers(0, 301, 70).tolist()
@@ -242,14 +244,15 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     runs = {}
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
-             "METALLIC_CUDA_Q8_STAGED_ONLY")
+             "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
                      ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
                      ("st", {"METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
                      ("st2", {"METALLIC_CUDA_Q8_STAGED": "2", "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
-                     ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"})):
+                     ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"}),
+                     ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"})):
         for k in knobs:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
@@ -264,6 +267,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):
         assert rel(runs["tpk"][pos], runs["f32"][pos]) < 1e-4, pos
+        assert rel(runs["c32"][pos], runs["f32"][pos]) < 1e-4, pos
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos

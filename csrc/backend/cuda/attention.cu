@@ -300,6 +300,57 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
     combine_chunks(part + row_head * n_splits * (hd + 2), live, hd, out + row_head * hd);
 }
 
+// q . k for one cached key row of the decode kernel: the row's bytes are loaded 16 at a time,
+// up to 256 bytes before any is used (the row is one L2 round trip, not hd of them); q, scaled,
+// is in shared memory (every thread reads the same word: a broadcast).
+template <typename T, int DPL>
+__device__ __forceinline__ float key_dot(const T* __restrict__ kr, const float* sq, int hd) {
+    constexpr int kVec = 16 / int(sizeof(T));            // elements per 16-byte load
+    constexpr int kBatch = 256 / 16;                     // loads in flight per thread
+    constexpr int kVecs = (32 * DPL + kVec - 1) / kVec;  // loads that cover hd <= 32 DPL
+    float s = 0.0f;  // hd is a multiple of 32 (attention_decode_fused): rows are 16-byte aligned
+    const uint4* p = reinterpret_cast<const uint4*>(kr);
+#pragma unroll
+    for (int b0 = 0; b0 < kVecs; b0 += kBatch) {
+        uint4 w[kBatch];
+#pragma unroll
+        for (int c = 0; c < kBatch; ++c)
+            if (b0 + c < kVecs && (b0 + c) * kVec < hd) w[c] = p[b0 + c];
+#pragma unroll
+        for (int c = 0; c < kBatch; ++c) {
+            if (b0 + c >= kVecs || (b0 + c) * kVec >= hd) continue;
+            const int d0 = (b0 + c) * kVec;
+            const uint32_t u[4] = {w[c].x, w[c].y, w[c].z, w[c].w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                if constexpr (std::is_same_v<T, __half>) {
+                    s += sq[d0 + 2 * e] * __half2float(__ushort_as_half((unsigned short)(u[e] & 0xFFFFu))) +
+                         sq[d0 + 2 * e + 1] * __half2float(__ushort_as_half((unsigned short)(u[e] >> 16)));
+                } else {
+                    s += sq[d0 + e] * __uint_as_float(u[e]);
+                }
+            }
+        }
+    }
+    return s;
+}
+
+__device__ __forceinline__ float smem_dot(const float* a, const float* b, int n) {
+    float s = 0.0f;
+    for (int d = 0; d < n; ++d) s += a[d] * b[d];
+    return s;
+}
+
+// Two adjacent cache values (an even index: 4- or 8-byte aligned) as floats.
+template <typename T>
+__device__ __forceinline__ float2 load_pair(const T* p);
+template <> __device__ __forceinline__ float2 load_pair<float>(const float* p) {
+    return *reinterpret_cast<const float2*>(p);
+}
+template <> __device__ __forceinline__ float2 load_pair<__half>(const __half* p) {
+    return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+
 // Decode in one launch: grid (n_splits, n_heads), one block per (chunk of keys, query head).
 // Each block rotates its query head (RoPE, as rope_kernel computes it) and, if its chunk holds
 // the new position, the new key; one block per KV head stores the new key and value in the
@@ -359,6 +410,10 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
             prefetch_l2(static_cast<const uint8_t*>(a.vc) + row0 + off);
         }
     }
+    // The rotation of this thread's dimension pair (the position is known before the wait and
+    // the frequencies are constant): no table load and no sincosf after the wait.
+    float rope_cs = 1.0f, rope_sn = 0.0f;
+    if (a.freq && int(threadIdx.x) < half) sincosf(float(pos) * __ldg(a.freq + threadIdx.x), &rope_sn, &rope_cs);
     pdl_wait();
     MN_TRACE(1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -366,7 +421,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
     float* skn = sq + hd;           // [hd] the new key as the cache holds it
     float* svn = skn + hd;          // [hd] the new value as the cache holds it
-    float* sacc = svn + hd;         // [kAttnWarps][hd] the warps' outputs
+    float* sacc = svn + hd;         // [chunk] scores, then [kSlices][hd] (below)
     __shared__ int s_last;
 
     T* kc = static_cast<T*>(a.kc);
@@ -377,7 +432,8 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     const float* vr = a.v + size_t(kvh) * hd;
     const bool store = has_new && h % group == 0;
     const size_t new_at = (size_t(kvh) * a.n_ctx + pos) * hd;
-    for (int i = threadIdx.x; i < half; i += kThreads) {
+    if (int(threadIdx.x) < half) {  // hd <= 256 (attention_decode_fused): a pair per thread
+        const int i = threadIdx.x;
         int ia, ic;
         rope_dims(i, half, a.neox, ia, ic);
         float q0 = qr[ia], q1 = qr[ic];
@@ -387,10 +443,8 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
             k1 = kr[ic];
         }
         if (a.freq) {
-            float sn, cs;
-            sincosf(float(pos) * a.freq[i], &sn, &cs);
-            rope_rotate(q0, q1, cs, sn);
-            rope_rotate(k0, k1, cs, sn);
+            rope_rotate(q0, q1, rope_cs, rope_sn);
+            rope_rotate(k0, k1, rope_cs, rope_sn);
         }
         sq[ia] = q0 * scale;
         sq[ic] = q1 * scale;
@@ -413,93 +467,72 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     }
     __syncthreads();
     MN_TRACE(2);
-    float qv[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) qv[i] = lane + 32 * i < hd ? sq[lane + 32 * i] : 0.0f;
-
-    // Keys [start, start + len): from the cache, except the new one (from shared memory). Each
-    // warp takes trips of 8 keys with an online softmax of its own (running max m, sum l and
-    // output acc), and the 4 warps' states are merged once at the end: no block-wide
-    // reductions and no score array between the scores and the values, which shortens the
-    // chain of dependent steps that bounds a decode block.
+    // Keys [start, start + len): from the cache, except the new one (from shared memory).
+    // Three phases, each a few dependent steps: a thread per key for the scores (its whole key
+    // row loaded at once), one block max, then the weighted values with a thread per pair of
+    // dimensions and slice of the keys. (The walk this replaces had a warp take 8 keys at a
+    // time with a shuffle reduction per key and an online softmax: one warp per scheduler on a
+    // chain of ~400 dependent instructions per 8 keys, ~3.5 us for 30-60 keys on the H100.)
     const int cached = has_new ? len - 1 : len;
     const T* kbase = kc + (size_t(kvh) * a.n_ctx + start) * hd;
     const T* vbase = vc + (size_t(kvh) * a.n_ctx + start) * hd;
-    float m = -INFINITY, l = 0.0f;
-    float acc[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; ++i) acc[i] = 0.0f;
-    for (int j0 = warp * kKeysPerTrip; j0 < len; j0 += kAttnWarps * kKeysPerTrip) {
-        float dot[kKeysPerTrip];
-        float vv[kKeysPerTrip][DPL];
-#pragma unroll
-        for (int u = 0; u < kKeysPerTrip; ++u) {
-            dot[u] = 0.0f;
-            const int j = j0 + u;
-#pragma unroll
-            for (int i = 0; i < DPL; ++i) vv[u][i] = 0.0f;
-            if (j < cached) {
-                const T* kj = kbase + size_t(j) * hd;
-                const T* vj = vbase + size_t(j) * hd;
-#pragma unroll
-                for (int i = 0; i < DPL; ++i)
-                    if (lane + 32 * i < hd) {
-                        dot[u] += qv[i] * to_f<T>(kj[lane + 32 * i]);
-                        vv[u][i] = to_f<T>(vj[lane + 32 * i]);
-                    }
-            } else if (j < len) {
-#pragma unroll
-                for (int i = 0; i < DPL; ++i)
-                    if (lane + 32 * i < hd) {
-                        dot[u] += qv[i] * skn[lane + 32 * i];
-                        vv[u][i] = svn[lane + 32 * i];
-                    }
-            }
-        }
-        float tmax = -INFINITY;
-#pragma unroll
-        for (int u = 0; u < kKeysPerTrip; ++u) {
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
-            if (j0 + u < len) tmax = fmaxf(tmax, dot[u]);
-        }
-        const float m_new = fmaxf(m, tmax);  // finite: key j0 < len is live
-        const float corr = expf(m - m_new);  // 0 on the first trip (m = -inf)
-        l *= corr;
-#pragma unroll
-        for (int i = 0; i < DPL; ++i) acc[i] *= corr;
-#pragma unroll
-        for (int u = 0; u < kKeysPerTrip; ++u) {
-            if (j0 + u < len) {
-                const float p = expf(dot[u] - m_new);
-                l += p;
-#pragma unroll
-                for (int i = 0; i < DPL; ++i) acc[i] += p * vv[u][i];
-            }
-        }
-        m = m_new;
-    }
-    MN_TRACE(3);
-    // Merge the warps: weights e^(m_w - M) (0 for a warp that had no key).
-    __shared__ float wm[kAttnWarps], wl[kAttnWarps];
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < DPL; ++i)
-        if (lane + 32 * i < hd) sacc[warp * hd + lane + 32 * i] = acc[i];
-    __syncthreads();
+    float* sp = sacc;  // [chunk] scores, then probabilities
+    __shared__ float wred[kAttnWarps];
     float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, wm[w]);
-    float ww[kAttnWarps];
-    float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) {
-        ww[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - mx);
-        sum += ww[w] * wl[w];
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float dot = j < cached ? key_dot<T, DPL>(kbase + size_t(j) * hd, sq, hd) : smem_dot(skn, sq, hd);
+        sp[j] = dot;
+        mx = fmaxf(mx, dot);
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) wred[warp] = mx;
+    __syncthreads();
+    mx = wred[0];
+#pragma unroll
+    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, wred[w]);  // finite: the chunk has a key
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float p = expf(sp[j] - mx);
+        sp[j] = p;
+        sum += p;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    __shared__ float wsum[kAttnWarps];
+    if (lane == 0) wsum[warp] = sum;
+    __syncthreads();  // publishes sp[] and wsum[]
+    sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) sum += wsum[w];
+    MN_TRACE(3);
+
+    // Values: thread t takes the dimension pair t % kPairs over the keys t / kPairs + kSlices i.
+    constexpr int kPairs = 16 * DPL;  // >= hd / 2
+    constexpr int kSlices = kThreads / kPairs > 0 ? kThreads / kPairs : 1;
+    float* sred = sp + a.chunk;  // [kSlices][hd] the slices' sums
+    {
+        const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
+        float ax = 0.0f, ay = 0.0f;
+        if (2 * pair < hd && slice < kSlices) {
+            const int cached_end = min(cached, len);
+#pragma unroll 8
+            for (int j = slice; j < cached_end; j += kSlices) {
+                const float p = sp[j];
+                const float2 v2 = load_pair<T>(vbase + size_t(j) * hd + 2 * pair);
+                ax += p * v2.x;
+                ay += p * v2.y;
+            }
+            if (cached < len && (len - 1) % kSlices == slice) {  // the new key
+                const float p = sp[len - 1];
+                ax += p * svn[2 * pair];
+                ay += p * svn[2 * pair + 1];
+            }
+            sred[slice * hd + 2 * pair] = ax;
+            sred[slice * hd + 2 * pair + 1] = ay;
+        }
+    }
+    __syncthreads();
 
     const int live = (n_keys + a.chunk - 1) / a.chunk;
     float* orow = a.out + size_t(h) * hd;
@@ -507,7 +540,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         for (int d = threadIdx.x; d < hd; d += kThreads) {
             float t = 0.0f;
 #pragma unroll
-            for (int w = 0; w < kAttnWarps; ++w) t += ww[w] * sacc[w * hd + d];
+            for (int sl = 0; sl < kSlices; ++sl) t += sred[sl * hd + d];
             orow[d] = t / sum;
         }
         MN_TRACE_END(a.trace, 3, a.kc, 4);
@@ -518,7 +551,7 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     for (int d = threadIdx.x; d < hd; d += kThreads) {
         float t = 0.0f;
 #pragma unroll
-        for (int w = 0; w < kAttnWarps; ++w) t += ww[w] * sacc[w * hd + d];
+        for (int sl = 0; sl < kSlices; ++sl) t += sred[sl * hd + d];
         rec[d] = t;
     }
     if (threadIdx.x == 0) {
@@ -698,7 +731,8 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
         // Fewer chunks than the split kernels use: its plan never has more (the scratch fits).
         const SplitPlan plan = plan_for(a.n_ctx, a.decode_chunk);
         if (a.kv_stored || !a.counters) throw Error("cuda attention: the fused decode kernel stores k and v itself");
-        const size_t smem = sizeof(float) * (3 + size_t(kAttnWarps)) * hd;
+        // q, the new key and value, the chunk's scores and up to 8 slices' sums of the values.
+        const size_t smem = sizeof(float) * ((3 + 8) * size_t(hd) + plan.chunk);
         if (smem > 48 * 1024)
             throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
         DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, hd,
