@@ -193,7 +193,7 @@ private:
 
     bool q8_enabled_ = true;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
-    int attn_decode_chunk_ = cuda::kAttnDecodeChunk;  // METALLIC_CUDA_ATTN_DECODE_CHUNK: keys per decode chunk, at least
+    int attn_decode_chunk_ = cuda::kAttnDecodeChunk;  // METALLIC_CUDA_ATTN_DECODE_CHUNK: one-chunk limit (keys)
     int attn_prefill_tc_ = 1;  // METALLIC_CUDA_ATTN_PREFILL: tensor-core prefill attention variant (0: off)
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
     // Optional grid cap of the integer matvec (blocks then walk several row groups, and fewer

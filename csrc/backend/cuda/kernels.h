@@ -186,10 +186,10 @@ void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* 
 // chunks only where 32 chunks would not cover n_ctx). Short chunks keep a decode step's
 // chain of dependent loads per block short; blocks past the position exit at once.
 constexpr int kAttnSplit = 32;
-// Fewest keys per chunk of the fused decode kernel. Its blocks score a thread per key, so a
-// chunk of up to 128 keys costs about what one of 32 does, and one chunk per head up to this
-// many keys needs no combine of partials (a fence, a counter and a second read of the
-// partials: ~3 us of a 0.5B layer's chain at 2-4 chunks of 32).
+// The fused decode kernel scores up to this many keys per head in one block (a thread per key:
+// up to 128 keys cost about what 32 do), so that short contexts need no combine of partials (a
+// fence, a counter and a second read of the partials: ~3 us of a 0.5B layer at 2-4 chunks of
+// 32); longer contexts spread over the split plan's blocks in chunks of >= kAttnSplit keys.
 constexpr int kAttnDecodeChunk = 256;
 struct AttentionArgs {
     const float* q = nullptr;   // [rows][n_heads * head_dim]
@@ -213,7 +213,7 @@ struct AttentionArgs {
     bool rope_neox = false;
     int* counters = nullptr;
     bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
-    int decode_chunk = kAttnDecodeChunk;  // fewest keys per chunk of the fused decode kernel (multiple of 32)
+    int decode_chunk = kAttnDecodeChunk;  // the fused decode kernel's one-chunk limit (kAttnDecodeChunk)
     const TraceSink* trace = nullptr;  // decode timeline (MN_CUDA_TRACE builds; common.cuh)
     // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
     // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
