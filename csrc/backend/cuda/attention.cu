@@ -27,11 +27,10 @@ struct SplitPlan {
     int chunk;     // keys per chunk
 };
 
-SplitPlan plan_for(int n_ctx, int min_chunk = kAttnSplit) {
+SplitPlan plan_for(int n_ctx) {
     // At most 32 chunks per row: longer contexts get longer chunks, so the
     // partials stay small; chunks are a multiple of 32 keys.
-    min_chunk = std::max(32, min_chunk / 32 * 32);
-    int n_splits = std::min((n_ctx + min_chunk - 1) / min_chunk, 32);
+    int n_splits = std::min((n_ctx + kAttnSplit - 1) / kAttnSplit, 32);
     int chunk = (n_ctx + n_splits - 1) / n_splits;
     chunk = (chunk + 31) / 32 * 32;
     return {n_splits, chunk};
@@ -426,12 +425,11 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     if (a.freq && int(threadIdx.x) < half) sincosf(float(pos) * __ldg(a.freq + threadIdx.x), &rope_sn, &rope_cs);
     pdl_wait();
     MN_TRACE(1);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     extern __shared__ float smem[];
     float* sq = smem;               // [hd] rotated q, scaled by 1/sqrt(hd)
     float* skn = sq + hd;           // [hd] the new key as the cache holds it
     float* svn = skn + hd;          // [hd] the new value as the cache holds it
-    float* sacc = svn + hd;         // [chunk] scores, then [kSlices][hd] (below)
+    float* sp = svn + hd;           // [keys_cap] scores, then probabilities; then [kSlices][hd]
     __shared__ int s_last;
 
     T* kc = static_cast<T*>(a.kc);
@@ -486,48 +484,34 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
     const int cached = has_new ? len - 1 : len;
     const T* kbase = kc + (size_t(kvh) * a.n_ctx + start) * hd;
     const T* vbase = vc + (size_t(kvh) * a.n_ctx + start) * hd;
-    float* sp = sacc;  // [chunk] scores, then probabilities
-    __shared__ float wred[kAttnWarps];
+    __shared__ float red[kAttnWarps];
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < len; j += kThreads) {
         const float dot = j < cached ? key_dot<T, DPL>(kbase + size_t(j) * hd, sq, hd) : smem_dot(skn, sq, hd);
         sp[j] = dot;
         mx = fmaxf(mx, dot);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (lane == 0) wred[warp] = mx;
-    __syncthreads();
-    mx = wred[0];
-#pragma unroll
-    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, wred[w]);  // finite: the chunk has a key
+    mx = block_reduce(mx, red, true);  // finite: the chunk has a key
     float sum = 0.0f;
     for (int j = threadIdx.x; j < len; j += kThreads) {
         const float p = expf(sp[j] - mx);
         sp[j] = p;
         sum += p;
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    __shared__ float wsum[kAttnWarps];
-    if (lane == 0) wsum[warp] = sum;
-    __syncthreads();  // publishes sp[] and wsum[]
-    sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) sum += wsum[w];
+    sum = block_reduce(sum, red, false);  // its barriers also publish sp[]
     MN_TRACE(3);
 
     // Values: thread t takes the dimension pair t % kPairs over the keys t / kPairs + kSlices i.
     constexpr int kPairs = 16 * DPL;  // >= hd / 2
-    constexpr int kSlices = kThreads / kPairs > 0 ? kThreads / kPairs : 1;
+    static_assert(kPairs <= kThreads, "a thread per dimension pair");
+    constexpr int kSlices = kThreads / kPairs;
     float* sred = sp + a.keys_cap;  // [kSlices][hd] the slices' sums
     {
         const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
         float ax = 0.0f, ay = 0.0f;
-        if (2 * pair < hd && slice < kSlices) {
-            const int cached_end = min(cached, len);
+        if (2 * pair < hd) {
 #pragma unroll 8
-            for (int j = slice; j < cached_end; j += kSlices) {
+            for (int j = slice; j < cached; j += kSlices) {
                 const float p = sp[j];
                 const float2 v2 = load_pair<T>(vbase + size_t(j) * hd + 2 * pair);
                 ax += p * v2.x;

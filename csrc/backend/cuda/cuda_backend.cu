@@ -200,18 +200,18 @@ private:
     // blocks quantize the input). Off: with the large products quantized apart, no cap measured
     // faster on the H100 (tg128 0.5B geometry 1182 vs 1146 tok/s, 7B 396 vs 377 with 8 per SM).
     int q8_max_blocks_ = 0;
-    bool q8_prequantize_ = false;
+    bool q8_prequantize_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
     // The staged integer matvec (weights into shared memory before the PDL wait) for products
     // that fit it: the SM count, or METALLIC_CUDA_Q8_STAGED=N to plan for N SMs (0: off). Off
     // when one of the switches above fixes the other kernel's shape.
     int q8_staged_sms_ = 0;
-    bool q8_staged_only_ = false;
+    bool q8_staged_only_ = false;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
     // Decode timeline records (MN_CUDA_TRACE builds only; written at destruction to the file
     // METALLIC_CUDA_TRACE_FILE names; bench/cuda_decode_trace.py reads them).
-    cuda::TraceSink trace_;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
+    cuda::TraceSink trace_;
     // Programmatic dependent launches (sm_90+) for the decode kernels that support them
     // (common.cuh); METALLIC_CUDA_PDL=0 turns them off.
-    bool pdl_ = false;  // METALLIC_CUDA_Q8_PREQUANTIZE=1: every width takes the separate quantize
+    bool pdl_ = false;
     // The input of products that quantize it in a separate launch, sized for the widest seen.
     cuda::Q8Input q8_in_;
     uint8_t* q8_buf_ = nullptr;
