@@ -75,6 +75,21 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
     return r;
 }
 
+// A block's scores sc[0, len) turned into softmax numerators e^(sc - max) in place. Each thread
+// passes the largest score it wrote (-inf if none); returns the block's max and the numerators'
+// sum. The first reduction's barriers publish sc[] before it is read, the second's publish the
+// numerators.
+__device__ __forceinline__ float2 block_softmax_numerators(float* sc, int len, float local_max, float* red) {
+    const float mx = block_reduce(local_max, red, true);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < len; j += kThreads) {
+        const float p = expf(sc[j] - mx);
+        sc[j] = p;
+        sum += p;
+    }
+    return make_float2(mx, block_reduce(sum, red, false));
+}
+
 // grid (n_splits, n_heads, rows). Partial record per (row, head, split): [hd] acc, max, sum.
 // Warps take keys in turn and their lanes split the head's dimensions, so each key row is
 // one coalesced read and a warp has several keys' loads in flight; the warps' partial
@@ -137,14 +152,9 @@ __global__ void __launch_bounds__(kThreads) attn_split_kernel(const float* __res
             }
         }
     }
-    mx = block_reduce(mx, red, true);  // its barriers also publish sc[]
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < len; j += kThreads) {
-        const float p = expf(sc[j] - mx);
-        sc[j] = p;
-        sum += p;
-    }
-    sum = block_reduce(sum, red, false);
+    const float2 ms = block_softmax_numerators(sc, len, mx, red);
+    mx = ms.x;
+    const float sum = ms.y;
 
     float acc[DPL];
 #pragma unroll
@@ -222,14 +232,9 @@ __global__ void __launch_bounds__(kThreads) attn_split_wide_kernel(const float* 
         sc[j] = sv;
         mx = fmaxf(mx, sv);
     }
-    mx = block_reduce(mx, red, true);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < len; j += kThreads) {
-        const float p = expf(sc[j] - mx);
-        sc[j] = p;
-        sum += p;
-    }
-    sum = block_reduce(sum, red, false);  // its barriers also publish sc[]
+    const float2 ms = block_softmax_numerators(sc, len, mx, red);
+    mx = ms.x;
+    const float sum = ms.y;
 
     // Output: G groups of threads split the keys, each thread one dimension.
     const int G = hd >= kThreads ? 1 : kThreads / hd;
@@ -491,14 +496,9 @@ __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs 
         sp[j] = dot;
         mx = fmaxf(mx, dot);
     }
-    mx = block_reduce(mx, red, true);  // finite: the chunk has a key
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < len; j += kThreads) {
-        const float p = expf(sp[j] - mx);
-        sp[j] = p;
-        sum += p;
-    }
-    sum = block_reduce(sum, red, false);  // its barriers also publish sp[]
+    const float2 ms = block_softmax_numerators(sp, len, mx, red);  // max finite: the chunk has a key
+    mx = ms.x;
+    const float sum = ms.y;
     MN_TRACE(3);
 
     // Values: thread t takes the dimension pair t % kPairs over the keys t / kPairs + kSlices i.
