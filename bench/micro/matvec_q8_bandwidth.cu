@@ -1,5 +1,6 @@
 // Build and run on the GPU machine (from the repository root):
-//   nvcc -arch=sm_90 -O3 -std=c++17 -I csrc -o /tmp/mvbw bench/micro/matvec_q8_bandwidth.cu && /tmp/mvbw [NAME]
+//   nvcc -arch=sm_90 -O3 -std=c++17 -I csrc -o /tmp/mvbw bench/micro/matvec_q8_bandwidth.cu csrc/quant/formats.cpp \
+//     && /tmp/mvbw [NAME]
 // (NAME: only the products whose name contains it.)
 // Microbenchmark: the decode matvecs of a Qwen2.5-7B-geometry Q4_K_M model (and the 0.5B's
 // output head), each alone, as the engine launches them (matvec_q8.cu, compiled into this file),
@@ -53,15 +54,7 @@ __global__ void read_all(const uint4* p, size_t n16, unsigned* sink) {
     if (acc == 0x12345678u) sink[0] = acc;
 }
 
-size_t row_bytes_of(TensorType t, int K) {
-    switch (t) {
-        case TensorType::Q4_K: return size_t(K) / 256 * 144;
-        case TensorType::Q6_K: return size_t(K) / 256 * 210;
-        case TensorType::Q5_0: return size_t(K) / 32 * 22;
-        case TensorType::Q8_0: return size_t(K) / 32 * 34;
-        default: return 0;
-    }
-}
+size_t row_bytes_of(TensorType t, int K) { return size_t(row_bytes(*type_traits(t), K)); }
 
 struct Product {
     const char* name;
@@ -108,7 +101,7 @@ int main(int argc, char** argv) {
     cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
     const char* only = argc > 1 ? argv[1] : nullptr;
 
-    // Copy bandwidth, as bench/bench_cuda.py measures it (bytes read + written).
+    // Copy bandwidth, bytes read + written (through a graph memcpy node: lower than bench_cuda.py's figure).
     const size_t copy_bytes = size_t(1) << 30;
     void *ca, *cb;
     MN_CUDA_CHECK(cudaMalloc(&ca, copy_bytes));
