@@ -32,7 +32,7 @@ import numpy as np
 
 RECORD = np.dtype([("t", "<u8", (6,)), ("tag", "<u4"), ("block", "<u2"), ("kind", "u1"), ("pad", "u1"),
                    ("pad2", "<u4"), ("pad3", "<u4")])
-KINDS = {1: "staged", 2: "rowpair", 3: "attn"}
+KINDS = {1: "staged", 2: "rowpair", 3: "attn", 4: "step-mv", 5: "step-attn"}  # 4, 5: decode_step.cu phases
 
 
 def run(model, out, tokens, prompt_len):

@@ -225,8 +225,15 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #             instead of inside each block of the matvec;
     #   cap       the matvec grid capped at 2 blocks, so that blocks walk many row groups;
     #   st, st2   the staged matvec (weights copied to shared memory before the wait; the
-    #             default, here required for every product), planned for the device's SMs and
-    #             for 2 SMs (many groups per block, up to 4 blocks per SM);
+    #             default without the decode-step kernel, here required for every product),
+    #             planned for the device's SMs and for 2 SMs (many groups per block, up to 4
+    #             blocks per SM);
+    #   step_na   the persistent decode-step kernel (decode_step.cu, the default on sm_90) for the
+    #             matvecs, attention apart: the same sums as w1 in another order;
+    #   step      the decode-step kernel with attention in it (16 value slices per block instead
+    #             of 4: last-bit differences, which o's 8-bit input turns into quantization
+    #             steps, so compared to step_na at the f32 bound below), and step_c32 the same
+    #             with 32-key chunks (3 chunks combined inside the run);
     #   f32       the fp32 matvec (METALLIC_CUDA_Q8=0): agrees to the 8-bit input's error;
     #   tpk       (with the fp32 matvec) RoPE + KV store, the thread-per-key split kernel and a
     #             combine launch instead of the fused decode attention kernel. Compared on the
@@ -244,13 +251,18 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     runs = {}
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
-             "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK")
+             "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK", "METALLIC_CUDA_STEP",
+             "METALLIC_CUDA_STEP_ATTN")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
                      ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
-                     ("st", {"METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
-                     ("st2", {"METALLIC_CUDA_Q8_STAGED": "2", "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("st", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("st2", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED": "2",
+                              "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("step_na", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_ATTN": "0"}),
+                     ("step", {"METALLIC_CUDA_STEP": "1"}),
+                     ("step_c32", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
                      ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"}),
                      ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"})):
         for k in knobs:
@@ -262,7 +274,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
             runs[key] = np.stack([m.eval([t]) for t in tokens])
     # The grid cap changes only which block computes a row: same bits.
     np.testing.assert_array_equal(runs["cap"], runs["w1"])
-    for key in ("w2", "w4", "pre", "st", "st2"):
+    for key in ("w2", "w4", "pre", "st", "st2", "step_na"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):
@@ -271,6 +283,9 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos
+        for key in ("step", "step_c32"):
+            assert rel(runs[key][pos], runs["step_na"][pos]) < 2e-2, (key, pos)
+            assert cosine(runs[key][pos], runs["step_na"][pos]) >= 0.999, (key, pos)
 
 
 @pytest.mark.parametrize("geom", [dict(d_model=448, n_heads=7, n_kv_heads=1),    # head_dim 64, 7 heads per KV head

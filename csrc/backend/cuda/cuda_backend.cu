@@ -36,6 +36,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/decode_step.h"
 #include "backend/cuda/kernels.h"
 
 namespace mn {
@@ -190,6 +191,13 @@ private:
     // One-row matmuls of the integer-dot types (the pending norm fused into them). False (nothing
     // launched) when a job's type or the width does not allow it.
     bool flush_q8(const PendingMatmul& mm, bool fuse_norm);
+    // A one-row integer matvec with the ordinary kernels: the input quantized in the kernel where
+    // that pays, else by a quantize launch first.
+    void launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda::Q8Source src, float* swiglu_out);
+    // The stream, for anything enqueued outside the decode-step run: the run collected so far is
+    // launched first, so the stream keeps the order of the ops.
+    cudaStream_t enq();
+    void launch_step();
 
     bool q8_enabled_ = true;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
@@ -218,6 +226,15 @@ private:
     size_t q8_bytes_ = 0;
     int* attn_counters_ = nullptr;  // per query head, for the fused decode attention (zero between launches)
     int attn_counters_n_ = 0;
+
+    // The persistent decode-step kernel (decode_step.cu), which runs a decode step's integer
+    // matvecs and attention in one launch with grid barriers between them; null when off (the
+    // default). METALLIC_CUDA_STEP=1 turns it on (an error where it cannot run, or where a
+    // recorded step would fall back to the ordinary kernels); METALLIC_CUDA_STEP_MAX_MB bounds
+    // the products it takes; METALLIC_CUDA_STEP_ATTN=0 keeps attention apart.
+    std::unique_ptr<cuda::DecodeStep> step_;
+    bool step_attention_ = true;
+    bool step_required_ = false;
 
     // Graph state.
     Mode mode_ = Mode::Eager;
@@ -256,6 +273,25 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (q8_warps_ > 0 || q8_max_blocks_ > 0 || q8_prequantize_) q8_staged_sms_ = 0;
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED_ONLY")) q8_staged_only_ = std::string(q) == "1";
     cuda::prepare_matvec_q8();
+    // Off unless asked for: on the H100 it decodes slower than the kernel chain (bench/RESULTS.md,
+    // CUDA speed, session 8).
+    bool step = false;
+    if (const char* q = std::getenv("METALLIC_CUDA_STEP")) {
+        step = std::string(q) != "0";
+        step_required_ = std::string(q) == "1";
+    }
+    if (const char* q = std::getenv("METALLIC_CUDA_STEP_ATTN")) step_attention_ = std::string(q) != "0";
+    size_t step_max_bytes = ~size_t(0);
+    if (const char* q = std::getenv("METALLIC_CUDA_STEP_MAX_MB")) step_max_bytes = size_t(std::atof(q) * (1 << 20));
+    if (step && q8_enabled_ && !q8_prequantize_ && q8_warps_ == 0 && q8_max_blocks_ == 0) {
+        step_ = std::make_unique<cuda::DecodeStep>(device_, step_max_bytes);
+        if (!step_->usable()) {
+            step_.reset();
+            // METALLIC_CUDA_STEP=1 asks for it (tests): say so rather than run without it.
+            if (step_required_)
+                throw Error("cuda backend: METALLIC_CUDA_STEP=1, but this device cannot run the decode-step kernel");
+        }
+    }
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
@@ -296,6 +332,7 @@ CudaBackend::~CudaBackend() {
     }
 #endif
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    step_.reset();
     cublas_.reset();  // its handle is bound to stream_
     for (void* p : weights_) cudaFree(p);
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
@@ -345,13 +382,17 @@ void CudaBackend::release(Buffer& b) {
     // Called from destructors: never throws.
     if (b.data) {
         try {
-            if (mode_ == Mode::Eager) flush();
+            if (mode_ == Mode::Eager) {
+                flush();
+                enq();
+            }
         } catch (const std::exception&) {
             // The device is in an error state; the memory is freed regardless.
         }
         norm_.active = false;
         rope_.active = false;
         mm_.n = 0;
+        if (step_) step_->clear();
         cudaStreamSynchronize(stream_);
         buffers_.erase(b.data);
         cudaFree(b.data);
@@ -394,7 +435,8 @@ template <typename T, typename C>
 bool CudaBackend::grow(T*& p, C& capacity, C count, const char* what) {
     if (count <= capacity) return false;
     if (mode_ != Mode::Eager) throw Error(std::string("cuda backend: ") + what + " must grow during a recorded step");
-    MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    // Phases collected for the decode-step kernel may point at the old buffer.
+    MN_CUDA_CHECK(cudaStreamSynchronize(enq()));
     if (p) cudaFree(p);
     p = nullptr;  // holds nothing if the allocation below throws
     capacity = 0;
@@ -445,24 +487,57 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         launch_pending_norm();
         src.x = mm.x;
     }
+    float* swiglu_out = fuse_swiglu ? mm.swiglu_out : nullptr;
+    if (step_ && step_->takes_matvec(mm.jobs, mm.n, mm.K, src)) {
+        // Sized now for the ordinary kernels' quantize launch, which a recorded step falls back
+        // to if its run was never uploaded (launch_step); no buffer may grow while recording.
+        if (mode_ == Mode::Eager) ensure_q8(mm.K);
+        step_->add_matvec(mm.jobs, mm.n, mm.K, src, swiglu_out);
+    } else {
+        launch_q8(mm.jobs, mm.n, mm.K, src, swiglu_out);
+    }
+    if (mm.swiglu_out && !fuse_swiglu)
+        cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, enq());
+    return true;
+}
+
+void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda::Q8Source src, float* swiglu_out) {
     size_t weight_bytes = 0;
-    for (int j = 0; j < mm.n; ++j) weight_bytes += mm.jobs[j].w.row_bytes * size_t(mm.jobs[j].w.N);
-    const bool in_kernel = !q8_prequantize_ && mm.K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
+    for (int j = 0; j < n_jobs; ++j) weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
                            aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
-    if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(mm.jobs, mm.n, mm.K, fuse_swiglu, q8_staged_sms_)))
-        throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(mm.K) + "-wide product of " +
+    if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(jobs, n_jobs, K, swiglu_out, q8_staged_sms_)))
+        throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(K) + "-wide product of " +
                     std::to_string(weight_bytes) + " bytes cannot take the staged matvec");
     if (!in_kernel) {
-        ensure_q8(mm.K);
-        cuda::launch_quantize_q8(src.x, mm.K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, stream_);
+        ensure_q8(K);
+        cuda::launch_quantize_q8(src.x, K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, enq());
         src = cuda::Q8Source{};
         src.pre = q8_in_;
     }
-    cuda::launch_matvec_q8(mm.jobs, mm.n, mm.K, src, fuse_swiglu ? mm.swiglu_out : nullptr, q8_warps_,
-                           q8_max_blocks_, q8_staged_sms_, pdl_, stream_, &trace_);
-    if (mm.swiglu_out && !fuse_swiglu)
-        cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, mm.jobs[0].w.N, mm.swiglu_out, stream_);
-    return true;
+    cuda::launch_matvec_q8(jobs, n_jobs, K, src, swiglu_out, q8_warps_, q8_max_blocks_, q8_staged_sms_, pdl_, enq(),
+                           &trace_);
+}
+
+cudaStream_t CudaBackend::enq() {
+    if (step_ && !step_->empty()) launch_step();
+    return stream_;
+}
+
+void CudaBackend::launch_step() {
+    // A run first seen while a graph is recorded cannot upload its phase table (the recording
+    // would fail): its phases then go to the ordinary kernels. Decode records only after an
+    // eager step of the same shape, which uploaded it.
+    if (step_->launch(stream_, mode_ == Mode::Eager, pdl_, &trace_)) return;
+    if (step_required_)
+        throw Error("cuda backend: METALLIC_CUDA_STEP=1, but a recorded decode step met a run of phases that no eager "
+                    "step had uploaded");
+    const std::vector<cuda::DecodeStep::Record> records = step_->records();
+    step_->clear();
+    for (const cuda::DecodeStep::Record& r : records) {
+        if (r.kind == 0) launch_q8(r.jobs, r.n_jobs, r.K, r.src, r.swiglu_out);
+        else cuda::launch_attention(r.attention, stream_);
+    }
 }
 
 const float* CudaBackend::rope_table(float base, int head_dim) {
@@ -490,7 +565,7 @@ void CudaBackend::set_pos(int pos0) {
     if (mode_ != Mode::Eager) throw Error("cuda backend: position changed inside a recorded step");
     wait_host_staging();
     *h_pos_ = pos0;
-    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, enq()));
     staging_in_use_ = true;
     device_pos_ = pos0;
 }
@@ -571,11 +646,13 @@ void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
         staging_in_use_ = true;
         return;
     }
-    if (replayable_steps_ < 2) {
-        // The first decode step runs eagerly: it grows every lazily sized buffer,
-        // which a recording must not do.
+    if (replayable_steps_ < (step_ ? 3 : 2)) {
+        // The first decode step runs eagerly: it grows every lazily sized buffer, which a
+        // recording must not do (and which splits its decode-step runs where a buffer grows).
+        // The second, with every buffer sized, uploads the decode-step kernel's phase tables
+        // as the recorded steps will issue them (a recording cannot upload).
         mode_ = Mode::Eager;
-        MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+        MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, enq()));
         staging_in_use_ = true;
         device_pos_ = pos0;
         return;
@@ -583,7 +660,7 @@ void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
     sigs_.clear();
     MN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     mode_ = Mode::Capture;
-    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, enq()));
     device_pos_ = pos0;
 }
 
@@ -591,6 +668,7 @@ void CudaBackend::finish_graph_part() {
     if (graph_done_this_step_) return;
     if (mode_ == Mode::Capture) {
         flush();
+        enq();
         cudaGraph_t graph = nullptr;
         MN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
         const cudaError_t err = cudaGraphInstantiate(&graph_exec_, graph, 0);
@@ -618,6 +696,7 @@ void CudaBackend::finish_graph_part() {
 void CudaBackend::end_step() {
     if (mode_ != Mode::Eager) finish_graph_part();
     flush();
+    enq();
     if (mode_ == Mode::Capture && ops_after_graph_) drop_graph();  // the graph covers only part of the step
     mode_ = Mode::Eager;
     step_open_ = false;
@@ -628,14 +707,14 @@ void CudaBackend::end_step() {
 void CudaBackend::launch_pending_norm() {
     if (!norm_.active) return;
     norm_.active = false;
-    cuda::launch_rms_norm(norm_.x, norm_.w, norm_.eps, norm_.rows, norm_.width, norm_.out, stream_);
+    cuda::launch_rms_norm(norm_.x, norm_.w, norm_.eps, norm_.rows, norm_.width, norm_.out, enq());
 }
 
 void CudaBackend::flush() {
     if (rope_.active) {
         rope_.active = false;
         cuda::launch_rope(rope_.q, rope_.k, rope_.rows, d_pos_, rope_.shape.n_heads, rope_.shape.n_kv_heads,
-                          rope_.shape.head_dim, rope_.freq, rope_.neox, stream_);
+                          rope_.shape.head_dim, rope_.freq, rope_.neox, enq());
     }
     if (mm_.n == 0) {
         launch_pending_norm();
@@ -666,30 +745,30 @@ void CudaBackend::flush() {
         }
         if (mm.swiglu_out && fuse_norm) {
             in.swiglu_out = mm.swiglu_out;
-            cuda::launch_matvec(mm.jobs, mm.n, in, stream_);
+            cuda::launch_matvec(mm.jobs, mm.n, in, enq());
         } else {
-            cuda::launch_matvec(mm.jobs, mm.n, in, stream_);
+            cuda::launch_matvec(mm.jobs, mm.n, in, enq());
             if (mm.swiglu_out)
                 cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, int64_t(mm.rows) * mm.jobs[0].w.N, mm.swiglu_out,
-                                    stream_);
+                                    enq());
         }
         return;
     }
     launch_pending_norm();
     // Many rows: cuBLAS on dequantized weights where it can be loaded (never while a graph is
     // recorded: its first use allocates), else the WMMA kernel.
-    if (mode_ == Mode::Eager && cublas_->wants(mm.rows, stream_)) {
-        cublas_->run(mm.jobs, mm.n, mm.x, mm.rows, mm.K, mm.swiglu_out, stream_);
+    if (mode_ == Mode::Eager && cublas_->wants(mm.rows, enq())) {
+        cublas_->run(mm.jobs, mm.n, mm.x, mm.rows, mm.K, mm.swiglu_out, enq());
         return;
     }
     ensure_row_scale(mm.rows);
-    cuda::launch_row_scale(mm.x, mm.rows, mm.K, row_scale_, stream_);
+    cuda::launch_row_scale(mm.x, mm.rows, mm.K, row_scale_, enq());
     for (int j = 0; j < mm.n; ++j)
         cuda::launch_gemm(mm.jobs[j].w, mm.x, mm.rows, mm.jobs[j].out, mm.jobs[j].bias, mm.jobs[j].residual,
-                          row_scale_, stream_);
+                          row_scale_, enq());
     if (mm.swiglu_out)
         cuda::launch_swiglu(mm.jobs[0].out, mm.jobs[1].out, int64_t(mm.rows) * mm.jobs[0].w.N, mm.swiglu_out,
-                            stream_);
+                            enq());
 }
 
 // ---- ops ------------------------------------------------------------------------------------
@@ -707,7 +786,7 @@ void CudaBackend::read(const Buffer& src, int64_t offset, int64_t n, float* dst)
         }
     }
     flush();
-    MN_CUDA_CHECK(cudaMemcpyAsync(dst, src.f32() + offset, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    MN_CUDA_CHECK(cudaMemcpyAsync(dst, src.f32() + offset, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, enq()));
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
     staging_in_use_ = false;
 }
@@ -736,9 +815,9 @@ void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int
     int32_t* d_ids = static_cast<int32_t*>(d_topk_);
     float* d_vals = reinterpret_cast<float*>(d_ids + 64);
     float* d_lse = d_vals + 64;
-    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, d_lse, stream_);
+    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, d_lse, enq());
     MN_CUDA_CHECK(cudaMemcpyAsync(h_topk_, d_topk_, kTopkResultWords * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                                  stream_));
+                                  enq()));
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
     staging_in_use_ = false;
     std::memcpy(ids, h_topk_, sizeof(int32_t) * k);
@@ -749,6 +828,7 @@ void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int
 void CudaBackend::synchronize() {
     if (mode_ != Mode::Eager) finish_graph_part();
     flush();
+    enq();
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
     staging_in_use_ = false;
 }
@@ -764,9 +844,9 @@ void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows,
     std::memcpy(h_ids_, ids, sizeof(int32_t) * rows);
     if (skip) return;
     flush();
-    MN_CUDA_CHECK(cudaMemcpyAsync(d_ids_, h_ids_, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, stream_));
+    MN_CUDA_CHECK(cudaMemcpyAsync(d_ids_, h_ids_, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, enq()));
     staging_in_use_ = true;
-    cuda::launch_embed(qmatrix(table), d_ids_, rows, out.f32(), stream_);
+    cuda::launch_embed(qmatrix(table), d_ids_, rows, out.f32(), enq());
 }
 
 void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {
@@ -839,7 +919,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
         rope_.active = false;
         cuda::launch_rope_store(rope_.q, rope_.k, v.f32(), cache.k.data, cache.v.data, cache.k.dtype == DType::F16,
                                 n_ctx, rows, d_pos_, s.n_heads, s.n_kv_heads, s.head_dim, rope_.freq, rope_.neox,
-                                stream_);
+                                enq());
         a.kv_stored = true;
     } else {
         flush();
@@ -869,7 +949,8 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.thread_per_key = attn_thread_per_key_;
     a.prefill_tc = attn_prefill_tc_;
     a.trace = &trace_;
-    cuda::launch_attention(a, stream_);
+    if (decode && step_ && step_attention_ && step_->takes_attention(a)) step_->add_attention(a);
+    else cuda::launch_attention(a, enq());
 }
 
 void CudaBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer& out) {
@@ -883,7 +964,7 @@ void CudaBackend::swiglu(const Buffer& gate, const Buffer& up, int64_t n, Buffer
         return;
     }
     flush();
-    cuda::launch_swiglu(gate.f32(), up.f32(), n, out.f32(), stream_);
+    cuda::launch_swiglu(gate.f32(), up.f32(), n, out.f32(), enq());
 }
 
 void CudaBackend::add(Buffer& x, const Buffer& y, int64_t n) {
@@ -905,7 +986,7 @@ void CudaBackend::add(Buffer& x, const Buffer& y, int64_t n) {
         }
     }
     flush();
-    cuda::launch_add(x.f32(), y.f32(), n, stream_);
+    cuda::launch_add(x.f32(), y.f32(), n, enq());
 }
 
 void CudaBackend::copy_rows(const Buffer& src, int src_row, int rows, int width, Buffer& dst) {
@@ -913,7 +994,7 @@ void CudaBackend::copy_rows(const Buffer& src, int src_row, int rows, int width,
         return;
     flush();
     MN_CUDA_CHECK(cudaMemcpyAsync(dst.f32(), src.f32() + int64_t(src_row) * width, size_t(rows) * width * sizeof(float),
-                                  cudaMemcpyDeviceToDevice, stream_));
+                                  cudaMemcpyDeviceToDevice, enq()));
 }
 
 }  // namespace

@@ -1,0 +1,469 @@
+// A run of a decode step's phases (integer matvecs and the fused attention) in one persistent
+// launch: one block per SM, all resident at once, a grid barrier between phases.
+//
+// Why. A small model's decode step is a chain of ~5 kernels per layer whose cost is latency:
+// each kernel's blocks become resident only as the previous kernel's leave, so the weights a
+// block needs are fetched from DRAM after the wait instead of before it (session 5-6 traces:
+// the 0.5B's gate/up blocks start as o's leave). Here every block stays resident through the
+// whole run and, while it computes phase i and waits at the barrier, copies its share of phase
+// i + 1's weights into shared memory (cp.async, double-buffered): after each barrier, what is
+// left is the input row from L2, the dot products from shared memory and the stores. Products
+// whose share does not fit a stage buffer read their rows from global memory as the row-pair
+// kernel does.
+//
+// The phases are the device code of matvec_q8.cuh and attention_decode.cuh, so the results are
+// those of the ordinary kernels, except the attention's value sums (more slices per block) and
+// the rms sum of squares (another grouping), which differ in rounding only.
+//
+// Status: correct (tests/backend/test_cuda_conformance.py, variants step*) but slower than the
+// chain of ordinary kernels on the H100, so off by default (METALLIC_CUDA_STEP=1 turns it on).
+// Traced per phase (0.5B geometry): input quantized 0.9-1.6 us, staging wait 0-0.9, the first
+// pass of row groups 2-3 us and each later one ~1 us, a grid barrier 1.5-1.9 us; Nsight Compute
+// puts 22% of its warps' stall cycles on instruction fetch ("no instruction"; 0.5 MB of code).
+// bench/RESULTS.md (CUDA speed, session 8) has the figures and what to try next.
+//
+// Memory ordering: activations written by one phase are read by later phases of the same launch
+// on other SMs, so they are read through L2 (__ldcg / plain loads after the barrier's acquire),
+// never through the read-only cache (quantize_row_to_shared<..., COHERENT = true>).
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backend/cuda/attention_decode.cuh"
+#include "backend/cuda/decode_step.h"
+#include "backend/cuda/matvec_q8.cuh"
+
+namespace mn::cuda {
+
+namespace {
+
+constexpr int kStepThreads = 512;
+constexpr int kStepWarps = kStepThreads / 32;
+// Shared memory past the two stage buffers: the quantized input row (K + K / 32 * 8 bytes) or the
+// attention item's floats.
+constexpr int kWorkBytes = 48 << 10;
+
+enum PhaseKind : int { kMatvec = 0, kAttention = 1 };
+
+struct alignas(16) StepPhase {
+    int kind;
+    int swiglu;   // matvec: jobs 0 and 1 are gate and up
+    int staged;   // matvec: every block's rows fit a stage buffer
+    int f16;      // attention: the cache type
+    int dpl;      // attention: dimensions per lane (with_dpl)
+    q8::Q8Params mv;
+    attn::DecodeArgs at;
+};
+
+// All blocks arrive, then leave together. counter counts arrivals over the launch; barrier b
+// (from 1) is passed when it reaches b * gridDim.x. The release (fence + atomic) publishes the
+// block's writes; the acquire load makes the other blocks' writes visible to this one.
+__device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1u);
+        unsigned int seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+        } while (seen < target);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// Descriptor i of the run (if any) into shared memory, 16 bytes per thread.
+__device__ __forceinline__ void load_desc(const StepPhase* __restrict__ prog, int i, int n, StepPhase* dst) {
+    if (i >= n) return;
+    constexpr int kWords = int(sizeof(StepPhase) / 16);
+    const int4* src = reinterpret_cast<const int4*>(prog + i);
+    for (int w = threadIdx.x; w < kWords; w += kStepThreads) reinterpret_cast<int4*>(dst)[w] = __ldg(src + w);
+}
+
+// Starts the copy of this block's share of a matvec phase's weights into `stage` (staged
+// phases), or asks L2 for the first lines of its rows (the others). One commit group either way.
+__device__ __forceinline__ void prefetch_phase(const StepPhase& ph, uint8_t* stage) {
+    if (ph.kind == kMatvec) {
+        const q8::Q8Params& p = ph.mv;
+        const int g_begin = blockIdx.x * p.groups_per_block;
+        const int g_end = min(g_begin + p.groups_per_block, p.n_groups);
+        if (g_begin < g_end) {
+            const uint8_t* src[kMaxMatvecJobs];
+            int off[kMaxMatvecJobs];
+            if (ph.staged) {
+                if (ph.swiglu) q8::stage_rows<true, kStepThreads>(p, g_begin, g_end, stage, src, off, true);
+                else q8::stage_rows<false, kStepThreads>(p, g_begin, g_end, stage, src, off, true);
+            } else {
+                // Rows from global memory: ask L2 for the first 32 KB of each job's rows.
+                for (int j = 0; j < p.n_jobs; ++j) {
+                    int n_lo = 0, n_hi = 0;
+                    if (ph.swiglu) q8::job_rows<true>(p, j, g_begin, g_end, n_lo, n_hi);
+                    else q8::job_rows<false>(p, j, g_begin, g_end, n_lo, n_hi);
+                    const QMatrix& m = p.jobs[j].w;
+                    const size_t bytes = min(size_t(n_hi - n_lo) * m.row_bytes, size_t(32) << 10);
+                    const uint8_t* b = m.data + size_t(n_lo) * m.row_bytes;
+                    for (size_t c = 128 * threadIdx.x; c < bytes; c += 128 * kStepThreads) prefetch_l2(b + c);
+                }
+            }
+        }
+    }
+    cp_async_commit();
+}
+
+template <bool SWIGLU, TensorType FIXED>
+__device__ __forceinline__ void matvec_phase(const StepPhase& ph, uint8_t* stage, const int8_t* q, const float2* d,
+                                             float (*red)[2], unsigned long long* first_pass_done) {
+    const q8::Q8Params& p = ph.mv;
+    const int g_begin = blockIdx.x * p.groups_per_block;
+    const int g_end = min(g_begin + p.groups_per_block, p.n_groups);
+    const uint8_t* src[kMaxMatvecJobs];
+    int off[kMaxMatvecJobs];
+    if (ph.staged) q8::stage_rows<SWIGLU, kStepThreads>(p, g_begin, g_end, stage, src, off, false);
+    const int gib = int(threadIdx.x >> 5) / p.wpg, per_pass = kStepWarps / p.wpg;
+    for (int g0 = g_begin; g0 < g_end; g0 += per_pass) {
+        int j = 0, n0 = 0;
+        const uint8_t* r0 = nullptr;
+        const uint8_t* r1 = nullptr;
+        const bool live = g0 + gib < g_end && q8::group_rows<SWIGLU>(p, g0 + gib, j, n0, r0, r1);
+        if (ph.staged) {
+            if (live) {
+                const int j1 = SWIGLU ? 1 : j;  // SwiGLU: r1 is the up row
+                r0 = stage + off[j] + (r0 - src[j]);
+                r1 = stage + off[j1] + (r1 - src[j1]);
+            }
+            q8::group_pass<SWIGLU, FIXED, false, true>(p, live, j, n0, r0, r1, q, d, red);
+        } else {
+            q8::group_pass<SWIGLU, FIXED, false, false>(p, live, j, n0, r0, r1, q, d, red);
+        }
+#ifdef MN_CUDA_TRACE
+        if (g0 == g_begin) *first_pass_done = trace_now();
+#endif
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void attention_phase(const StepPhase& ph, float* work) {
+    const attn::DecodeArgs& a = ph.at;
+    const int items = a.n_splits * a.n_heads;
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+        const int s = it % a.n_splits, h = it / a.n_splits;
+        switch (ph.dpl) {
+            case 1: attn::attn_decode_item<T, 1, kStepThreads, false>(a, s, h, work); break;
+            case 2: attn::attn_decode_item<T, 2, kStepThreads, false>(a, s, h, work); break;
+            case 4: attn::attn_decode_item<T, 4, kStepThreads, false>(a, s, h, work); break;
+            default: attn::attn_decode_item<T, 8, kStepThreads, false>(a, s, h, work); break;
+        }
+        __syncthreads();  // the next item rewrites the shared memory
+    }
+}
+
+// sync[0]: barrier arrivals, sync[1]: blocks done; both zero between launches (the last block
+// out resets them: by then every block has passed every barrier).
+// ATTN: the run has attention phases (compiled apart: the attention code's registers would
+// otherwise spill in the matvec phases too).
+template <bool ATTN>
+__global__ void __launch_bounds__(kStepThreads, 1)
+    decode_step_kernel(const StepPhase* __restrict__ prog, int n, unsigned int* sync, int stage_bytes,
+                       TraceSink trace) {
+    extern __shared__ int4 step_smem[];
+    uint8_t* base = reinterpret_cast<uint8_t*>(step_smem);
+    uint8_t* stages[2] = {base, base + stage_bytes};
+    uint8_t* work = base + 2 * size_t(stage_bytes);
+    __shared__ float red[kStepWarps][2];
+    // Phase descriptors in shared memory (slots i % 3: the current one, the next, whose weights
+    // are prefetched during the current one, and the one after, loaded before the barrier):
+    // read from global memory, each field access of a pass would be an L2 round trip.
+    __shared__ StepPhase desc[3];
+    load_desc(prog, 0, n, &desc[0]);
+    load_desc(prog, 1, n, &desc[1]);
+    __syncthreads();
+    prefetch_phase(desc[0], stages[0]);  // weights are constant: before the wait
+    pdl_wait();
+    for (int i = 0; i < n; ++i) {
+        // Diagnostic builds: one record per block and phase (kind 4 + the phase kind, tag = i):
+        // start, input quantized, weights staged, work done, barrier passed.
+        MN_TRACE_BEGIN;
+        const StepPhase& ph = desc[i % 3];
+        if (ph.kind == kMatvec) {
+            int8_t* q = reinterpret_cast<int8_t*>(work);
+            float2* d = reinterpret_cast<float2*>(q + ph.mv.K);
+            // The input first: the next phase's weight copies would queue ahead of its loads
+            // (traced on the H100, 0.5B geometry: 2.7-3.8 us to quantize it with the copies
+            // issued first, 1.0-1.6 us after).
+            q8::quantize_row_to_shared<kStepThreads, true>(ph.mv.src, ph.mv.K, q, d);
+            MN_TRACE(1);
+            if (i + 1 < n) prefetch_phase(desc[(i + 1) % 3], stages[(i + 1) & 1]);
+            else cp_async_commit();  // an empty group keeps the count: phase i's is the second newest
+            cp_async_wait<1>();
+            __syncthreads();
+            MN_TRACE(2);
+            unsigned long long* first_pass_done = nullptr;
+#ifdef MN_CUDA_TRACE
+            first_pass_done = &mn_ts.t[5];
+#endif
+            // One instantiation for every type (a switch per row group): the types compiled
+            // apart (FIXED, as the ordinary kernels are) measured the same on the H100.
+            if (ph.swiglu) matvec_phase<true, TensorType::F32>(ph, stages[i & 1], q, d, red, first_pass_done);
+            else matvec_phase<false, TensorType::F32>(ph, stages[i & 1], q, d, red, first_pass_done);
+        } else if constexpr (!ATTN) {
+            if (i + 1 < n) prefetch_phase(desc[(i + 1) % 3], stages[(i + 1) & 1]);  // (no attention phases)
+            else cp_async_commit();
+        } else {
+            if (i + 1 < n) prefetch_phase(desc[(i + 1) % 3], stages[(i + 1) & 1]);
+            else cp_async_commit();
+            if (ph.f16) attention_phase<__half>(ph, reinterpret_cast<float*>(work));
+            else attention_phase<float>(ph, reinterpret_cast<float*>(work));
+        }
+        MN_TRACE(3);
+        load_desc(prog, i + 2, n, &desc[(i + 2) % 3]);  // made visible by the barrier's __syncthreads
+        if (i + 1 < n) grid_barrier(sync, unsigned(i + 1) * gridDim.x);
+        MN_TRACE_END(trace, 4 + ph.kind, reinterpret_cast<const void*>(uintptr_t(i) << 8), 4);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(sync + 1, 1u) == gridDim.x - 1) {
+        sync[0] = 0;
+        sync[1] = 0;
+        __threadfence();
+    }
+}
+
+// Field-by-field copies into zeroed memory: a phase table is found again by its bytes, so its
+// padding must be zero (aggregate initialization and struct copies leave padding undefined).
+void put(QMatrix& d, const QMatrix& s) {
+    d.data = s.data;
+    d.type = s.type;
+    d.K = s.K;
+    d.N = s.N;
+    d.row_bytes = s.row_bytes;
+}
+void put(MatvecJob& d, const MatvecJob& s) {
+    put(d.w, s.w);
+    d.bias = s.bias;
+    d.out = s.out;
+    d.residual = s.residual;
+}
+void put(Q8Source& d, const Q8Source& s) {
+    d.x = s.x;
+    d.norm_weight = s.norm_weight;
+    d.eps = s.eps;
+    d.norm_out = s.norm_out;
+    d.pre.qs = s.pre.qs;
+    d.pre.ds = s.pre.ds;
+}
+void put(q8::Q8Params& d, const q8::Q8Params& s) {
+    for (int j = 0; j < kMaxMatvecJobs; ++j) {
+        put(d.jobs[j], s.jobs[j]);
+        d.group_end[j] = s.group_end[j];
+    }
+    d.n_jobs = s.n_jobs;
+    d.n_groups = s.n_groups;
+    d.K = s.K;
+    d.wpg = s.wpg;
+    d.groups_per_block = s.groups_per_block;
+    d.stage_bytes = s.stage_bytes;
+    put(d.src, s.src);
+    d.swiglu_out = s.swiglu_out;  // trace (diagnostic builds): left zero, not traced
+}
+void put(attn::DecodeArgs& d, const attn::DecodeArgs& s) {
+    d.q = s.q;
+    d.k = s.k;
+    d.v = s.v;
+    d.kc = s.kc;
+    d.vc = s.vc;
+    d.n_ctx = s.n_ctx;
+    d.pos0 = s.pos0;
+    d.n_heads = s.n_heads;
+    d.n_kv_heads = s.n_kv_heads;
+    d.hd = s.hd;
+    d.single = s.single;
+    d.n_splits = s.n_splits;
+    d.keys_cap = s.keys_cap;
+    d.freq = s.freq;
+    d.neox = s.neox;
+    d.part = s.part;
+    d.counters = s.counters;
+    d.out = s.out;  // trace: left zero
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+uint64_t fnv(const void* data, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    const uint8_t* b = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+}  // namespace
+
+struct DecodeStep::Program {
+    uint64_t hash = 0;
+    std::vector<uint8_t> bytes;
+    StepPhase* device = nullptr;
+};
+
+DecodeStep::DecodeStep(int device, size_t max_phase_bytes) : max_phase_bytes_(max_phase_bytes) {
+    MN_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device));
+    int optin = 0;
+    MN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cudaFuncAttributes fa{}, fb{};
+    MN_CUDA_CHECK(cudaFuncGetAttributes(&fa, decode_step_kernel<true>));
+    MN_CUDA_CHECK(cudaFuncGetAttributes(&fb, decode_step_kernel<false>));
+    // Dynamic shared memory: what the opt-in leaves beside the kernel's static arrays, less a
+    // margin, as two stage buffers and the work area.
+    const int dyn = optin - int(std::max(fa.sharedSizeBytes, fb.sharedSizeBytes)) - 1024;
+    stage_bytes_ = ((dyn - kWorkBytes) / 2) & ~15;
+    if (stage_bytes_ < (16 << 10)) {
+        sms_ = 0;  // too little shared memory: never used
+        return;
+    }
+    smem_bytes_ = 2 * size_t(stage_bytes_) + kWorkBytes;
+    int per_sm = 1;
+    for (auto kernel : {decode_step_kernel<true>, decode_step_kernel<false>}) {
+        MN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes_)));
+        int k = 0;
+        MN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, kernel, kStepThreads, smem_bytes_));
+        per_sm = std::min(per_sm, k);
+    }
+    if (per_sm < 1) {
+        sms_ = 0;
+        return;
+    }
+    sync_ = nullptr;
+    MN_CUDA_CHECK(cudaMalloc(&sync_, 2 * sizeof(unsigned int)));
+    MN_CUDA_CHECK(cudaMemset(sync_, 0, 2 * sizeof(unsigned int)));
+}
+
+DecodeStep::~DecodeStep() {
+    for (Program& p : programs_)
+        if (p.device) cudaFree(p.device);
+    if (sync_) cudaFree(sync_);
+}
+
+bool DecodeStep::takes_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src) const {
+    if (sms_ <= 0 || !src.x || K % 32 != 0 || K > kQ8MaxK) return false;
+    if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kWorkBytes)) return false;
+    if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
+    size_t bytes = 0;
+    for (int j = 0; j < n_jobs; ++j) {
+        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K) return false;
+        bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    }
+    return bytes <= max_phase_bytes_;
+}
+
+bool DecodeStep::takes_attention(const AttentionArgs& a) const {
+    if (sms_ <= 0 || !a.counters || a.kv_stored || !attention_decode_fused(a.rows, a.head_dim, a.thread_per_key))
+        return false;
+    try {
+        const attn::DecodeArgs d = attn::make_decode_args(a, kStepThreads);
+        return sizeof(float) * size_t(attn::decode_smem_floats(kStepThreads, a.head_dim, d.keys_cap)) <=
+               size_t(kWorkBytes);
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+void DecodeStep::add_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out) {
+    Record r;
+    r.kind = kMatvec;
+    for (int j = 0; j < n_jobs; ++j) r.jobs[j] = jobs[j];
+    r.n_jobs = n_jobs;
+    r.K = K;
+    r.src = src;
+    r.swiglu_out = swiglu_out;
+    records_.push_back(r);
+}
+
+void DecodeStep::add_attention(const AttentionArgs& a) {
+    Record r;
+    r.kind = kAttention;
+    r.attention = a;
+    records_.push_back(r);
+}
+
+bool DecodeStep::launch(cudaStream_t stream, bool may_upload, bool pdl, const TraceSink* trace) {
+    if (records_.empty()) return true;
+    std::vector<StepPhase> phases(records_.size());
+    std::memset(phases.data(), 0, phases.size() * sizeof(StepPhase));  // padding too: the bytes are hashed
+    for (size_t i = 0; i < records_.size(); ++i) {
+        const Record& r = records_[i];
+        StepPhase& ph = phases[i];
+        ph.kind = r.kind;
+        if (r.kind == kMatvec) {
+            put(ph.mv, q8::make_params(r.jobs, r.n_jobs, r.K, r.src, r.swiglu_out));
+            ph.swiglu = r.swiglu_out != nullptr;
+            q8::Q8Params& p = ph.mv;
+            p.groups_per_block = (p.n_groups + sms_ - 1) / sms_;
+            size_t group_bytes = 0;
+            int elems = 64;
+            for (int j = 0; j < r.n_jobs; ++j) {
+                group_bytes = ph.swiglu ? r.jobs[0].w.row_bytes + r.jobs[1].w.row_bytes
+                                        : std::max(group_bytes, 2 * r.jobs[j].w.row_bytes);
+                elems = std::min(elems, q8::unit_elems(r.jobs[j].w.type));
+            }
+            // As stage_rows lays them out: per job up to 15 bytes before and after for the
+            // 16-byte alignment, and 16 spare.
+            const size_t stage = size_t(p.groups_per_block) * group_bytes + 48 * size_t(r.n_jobs);
+            ph.staged = stage <= size_t(stage_bytes_);
+            p.wpg = q8::warps_per_group(r.K / elems, p.groups_per_block, kStepWarps);
+        } else {
+            put(ph.at, attn::make_decode_args(r.attention, kStepThreads));
+            ph.f16 = r.attention.f16_cache;
+            const int hd = r.attention.head_dim;
+            ph.dpl = hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8;
+        }
+    }
+    const size_t nbytes = phases.size() * sizeof(StepPhase);
+    const uint64_t h = fnv(phases.data(), nbytes);
+    Program* prog = nullptr;
+    for (Program& p : programs_)
+        if (p.hash == h && p.bytes.size() == nbytes && std::memcmp(p.bytes.data(), phases.data(), nbytes) == 0) prog = &p;
+    if (!prog) {
+        if (!may_upload) return false;
+        if (programs_.size() >= kMaxPrograms) {
+            // The oldest may still be read by a launch in flight.
+            MN_CUDA_CHECK(cudaStreamSynchronize(stream));
+            cudaFree(programs_.front().device);
+            programs_.erase(programs_.begin());
+        }
+        Program p;
+        p.hash = h;
+        p.bytes.assign(reinterpret_cast<const uint8_t*>(phases.data()),
+                       reinterpret_cast<const uint8_t*>(phases.data()) + nbytes);
+        MN_CUDA_CHECK(cudaMalloc(&p.device, nbytes));
+        programs_.push_back(std::move(p));
+        prog = &programs_.back();
+        MN_CUDA_CHECK(cudaMemcpy(prog->device, phases.data(), nbytes, cudaMemcpyHostToDevice));
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(sms_);
+    cfg.blockDim = dim3(kStepThreads);
+    cfg.dynamicSmemBytes = smem_bytes_;
+    cfg.stream = stream;
+    // Cooperative: the launch fails rather than hangs if the grid cannot be resident at once.
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 2 : 1;
+    const StepPhase* dprog = prog->device;
+    const int n = int(phases.size());
+    bool attention = false;
+    for (const Record& r : records_) attention |= r.kind == kAttention;
+    TraceSink sink;
+#ifdef MN_CUDA_TRACE
+    if (trace) sink = *trace;
+#else
+    (void)trace;
+#endif
+    MN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention ? decode_step_kernel<true> : decode_step_kernel<false>, dprog, n,
+                                     sync_, stage_bytes_, sink));
+    records_.clear();
+    return true;
+}
+
+}  // namespace mn::cuda
