@@ -312,13 +312,17 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
 
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
-// 32 (8 values per lane, two 16-byte loads), and each thread loads up to kTrips groups'
-// values before it uses any, so the row arrives in one or two L2 round trips. COHERENT rows
-// that one pass covers are read once (the sum of squares from the registers): each read is an
-// L2 round trip there.
+// 32 (8 values per lane, two 16-byte loads), kTrips groups per thread per round trip to L2.
+// One trip, so rows wider than THREADS * 8 take several round trips: the loop's code is 8.7 KB
+// smaller than with 4 unrolled trips (38.9 vs 30.2 KB for a Q5_0 SwiGLU staged kernel), and
+// instruction fetch is a measured part of these kernels' stalls (Nsight Compute, H100): the
+// 0.5B geometry decoded at 1,441-1,453 tok/s with 1 trip vs 1,399-1,409 with 4, same lease,
+// although its down projection's 4864-wide row then takes 3 round trips. COHERENT rows that
+// one pass covers are read once (the sum of squares from the registers): each read is an L2
+// round trip there.
 template <int THREADS, bool COHERENT = false>
 __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd) {
-    constexpr int kTrips = 4;
+    constexpr int kTrips = 1;
     constexpr int kPerTrip = THREADS * 8;
     const int tid = threadIdx.x;
     const bool one_pass = COHERENT && K <= kTrips * kPerTrip;
