@@ -32,6 +32,16 @@ using namespace q8;
 
 namespace {
 
+constexpr int kQuantThreads = 256;
+constexpr int kQ8Warps = 4;  // warps per block of the matvec
+constexpr int kQ8Threads = kQ8Warps * 32;
+
+__device__ __forceinline__ float warp_max_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // x (optionally rms-normalized and scaled by nw) -> int8 blocks of 32 with (d, d * sum q).
 __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float* __restrict__ x, int K,
                                                                     const float* __restrict__ nw, float eps,

@@ -8,18 +8,9 @@
 
 namespace mn::cuda::q8 {
 
-constexpr int kQuantThreads = 256;
-constexpr int kQ8Warps = 4;  // warps per block of the matvec
-constexpr int kQ8Threads = kQ8Warps * 32;
-
 __device__ __forceinline__ float warp_sum_f(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max_f(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
