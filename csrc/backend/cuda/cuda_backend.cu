@@ -57,14 +57,12 @@ QMatrix qmatrix(const WeightTensor& w) {
 
 std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20) + " MiB"; }
 
-// FNV-1a over the words of an op's arguments.
+// FNV-1a over the words of an op's arguments (compared within the process only: byte order
+// does not matter).
 struct Sig {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = cuda::kFnvOffset;
     Sig& add(uint64_t v) {
-        for (int i = 0; i < 8; ++i) {
-            h ^= (v >> (8 * i)) & 0xFF;
-            h *= 1099511628211ull;
-        }
+        h = cuda::fnv1a(&v, sizeof v, h);
         return *this;
     }
     Sig& add(const void* p) { return add(uint64_t(reinterpret_cast<uintptr_t>(p))); }
@@ -462,7 +460,6 @@ void CudaBackend::ensure_attn_counters(int n_heads) {
 }
 
 namespace {
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 // Products larger than this quantize their input in a separate launch: their many blocks each
 // re-reading and quantizing the row cost more than the launch (H100, 7B geometry: the 76 MB
 // gate/up product took 42.7 us instead of 28.7 us with ~1000 blocks quantizing a 3584-wide row,
@@ -505,7 +502,8 @@ void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda
     size_t weight_bytes = 0;
     for (int j = 0; j < n_jobs; ++j) weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
     const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
-                           aligned16(src.x) && aligned16(src.norm_weight) && aligned16(src.norm_out);
+                           cuda::aligned16(src.x) && cuda::aligned16(src.norm_weight) &&
+                           cuda::aligned16(src.norm_out);
     if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(jobs, n_jobs, K, swiglu_out, q8_staged_sms_)))
         throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(K) + "-wide product of " +
                     std::to_string(weight_bytes) + " bytes cannot take the staged matvec");

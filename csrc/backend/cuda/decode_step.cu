@@ -110,7 +110,9 @@ __device__ __forceinline__ void prefetch_phase(const StepPhase& ph, uint8_t* sta
     cp_async_commit();
 }
 
-template <bool SWIGLU, TensorType FIXED>
+// Every weight type through one instantiation (group_pass's switch per row group): the types
+// compiled apart (FIXED, as the ordinary kernels are) measured the same on the H100.
+template <bool SWIGLU>
 __device__ __forceinline__ void matvec_phase(const StepPhase& ph, uint8_t* stage, const int8_t* q, const float2* d,
                                              float (*red)[2], unsigned long long* first_pass_done) {
     const q8::Q8Params& p = ph.mv;
@@ -131,9 +133,9 @@ __device__ __forceinline__ void matvec_phase(const StepPhase& ph, uint8_t* stage
                 r0 = stage + off[j] + (r0 - src[j]);
                 r1 = stage + off[j1] + (r1 - src[j1]);
             }
-            q8::group_pass<SWIGLU, FIXED, false, true>(p, live, j, n0, r0, r1, q, d, red);
+            q8::group_pass<SWIGLU, TensorType::F32, false, true>(p, live, j, n0, r0, r1, q, d, red);
         } else {
-            q8::group_pass<SWIGLU, FIXED, false, false>(p, live, j, n0, r0, r1, q, d, red);
+            q8::group_pass<SWIGLU, TensorType::F32, false, false>(p, live, j, n0, r0, r1, q, d, red);
         }
 #ifdef MN_CUDA_TRACE
         if (g0 == g_begin) *first_pass_done = trace_now();
@@ -201,18 +203,15 @@ __global__ void __launch_bounds__(kStepThreads, 1)
 #ifdef MN_CUDA_TRACE
             first_pass_done = &mn_ts.t[5];
 #endif
-            // One instantiation for every type (a switch per row group): the types compiled
-            // apart (FIXED, as the ordinary kernels are) measured the same on the H100.
-            if (ph.swiglu) matvec_phase<true, TensorType::F32>(ph, stages[i & 1], q, d, red, first_pass_done);
-            else matvec_phase<false, TensorType::F32>(ph, stages[i & 1], q, d, red, first_pass_done);
-        } else if constexpr (!ATTN) {
-            if (i + 1 < n) prefetch_phase(desc[(i + 1) % 3], stages[(i + 1) & 1]);  // (no attention phases)
-            else cp_async_commit();
+            if (ph.swiglu) matvec_phase<true>(ph, stages[i & 1], q, d, red, first_pass_done);
+            else matvec_phase<false>(ph, stages[i & 1], q, d, red, first_pass_done);
         } else {
             if (i + 1 < n) prefetch_phase(desc[(i + 1) % 3], stages[(i + 1) & 1]);
             else cp_async_commit();
-            if (ph.f16) attention_phase<__half>(ph, reinterpret_cast<float*>(work));
-            else attention_phase<float>(ph, reinterpret_cast<float*>(work));
+            if constexpr (ATTN) {  // (kernels without ATTN get no attention phases)
+                if (ph.f16) attention_phase<__half>(ph, reinterpret_cast<float*>(work));
+                else attention_phase<float>(ph, reinterpret_cast<float*>(work));
+            }
         }
         MN_TRACE(3);
         load_desc(prog, i + 2, n, &desc[(i + 2) % 3]);  // made visible by the barrier's __syncthreads
@@ -284,15 +283,6 @@ void put(attn::DecodeArgs& d, const attn::DecodeArgs& s) {
     d.part = s.part;
     d.counters = s.counters;
     d.out = s.out;  // trace: left zero
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-uint64_t fnv(const void* data, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    const uint8_t* b = static_cast<const uint8_t*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
 }
 
 }  // namespace
@@ -396,27 +386,17 @@ bool DecodeStep::launch(cudaStream_t stream, bool may_upload, bool pdl, const Tr
             ph.swiglu = r.swiglu_out != nullptr;
             q8::Q8Params& p = ph.mv;
             p.groups_per_block = (p.n_groups + sms_ - 1) / sms_;
-            size_t group_bytes = 0;
-            int elems = 64;
-            for (int j = 0; j < r.n_jobs; ++j) {
-                group_bytes = ph.swiglu ? r.jobs[0].w.row_bytes + r.jobs[1].w.row_bytes
-                                        : std::max(group_bytes, 2 * r.jobs[j].w.row_bytes);
-                elems = std::min(elems, q8::unit_elems(r.jobs[j].w.type));
-            }
-            // As stage_rows lays them out: per job up to 15 bytes before and after for the
-            // 16-byte alignment, and 16 spare.
-            const size_t stage = size_t(p.groups_per_block) * group_bytes + 48 * size_t(r.n_jobs);
-            ph.staged = stage <= size_t(stage_bytes_);
-            p.wpg = q8::warps_per_group(r.K / elems, p.groups_per_block, kStepWarps);
+            const q8::GroupShape shape = q8::group_shape(r.jobs, r.n_jobs, ph.swiglu);
+            ph.staged = q8::staged_bytes(shape, p.groups_per_block, r.n_jobs) <= size_t(stage_bytes_);
+            p.wpg = q8::warps_per_group(r.K / shape.unit_elems, p.groups_per_block, kStepWarps);
         } else {
             put(ph.at, attn::make_decode_args(r.attention, kStepThreads));
             ph.f16 = r.attention.f16_cache;
-            const int hd = r.attention.head_dim;
-            ph.dpl = hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8;
+            ph.dpl = attn::with_dpl(r.attention.head_dim, [](auto dpl) { return decltype(dpl)::value; });
         }
     }
     const size_t nbytes = phases.size() * sizeof(StepPhase);
-    const uint64_t h = fnv(phases.data(), nbytes);
+    const uint64_t h = fnv1a(phases.data(), nbytes);
     Program* prog = nullptr;
     for (Program& p : programs_)
         if (p.hash == h && p.bytes.size() == nbytes && std::memcmp(p.bytes.data(), phases.data(), nbytes) == 0) prog = &p;

@@ -263,27 +263,19 @@ struct StagedPlan {
 StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
     StagedPlan plan;
     if (sms <= 0 || n_jobs < 1 || n_jobs > kMaxMatvecJobs) return plan;
-    int groups = 0, elems = 64;
-    size_t group_bytes = 0, total = 0;
-    for (int j = 0; j < n_jobs; ++j) {
-        groups += swiglu ? (j == 0 ? jobs[j].w.N : 0) : (jobs[j].w.N + 1) / 2;
-        group_bytes = swiglu ? jobs[0].w.row_bytes + jobs[n_jobs - 1].w.row_bytes
-                             : std::max(group_bytes, 2 * jobs[j].w.row_bytes);
-        elems = std::min(elems, unit_elems(jobs[j].w.type));
-        total += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
-    }
-    if (groups < 1 || total > kStagedMaxWeightBytes) return plan;
+    const GroupShape shape = group_shape(jobs, n_jobs, swiglu);
+    const int groups = shape.groups;
+    if (groups < 1 || shape.weight_bytes > kStagedMaxWeightBytes) return plan;
     const size_t in_bytes = size_t(K) + size_t(K / 32) * sizeof(float2);
     for (int per_sm = 1; per_sm <= 4; ++per_sm) {
         const int gpb = (groups + sms * per_sm - 1) / (sms * per_sm);
-        // Per job: the rows' bytes, up to 15 before and after for the 16-byte alignment, 16 spare.
-        const size_t stage = (size_t(gpb) * group_bytes + 48 * size_t(n_jobs) + 15) & ~size_t(15);
+        const size_t stage = staged_bytes(shape, gpb, n_jobs);
         if (stage + in_bytes > kStagedMaxSmem) continue;
         plan.groups_per_block = gpb;
         plan.blocks = (groups + gpb - 1) / gpb;
         plan.stage_bytes = int(stage);
         plan.smem = stage + in_bytes;
-        plan.wpg = warps_per_group(K / elems, gpb, kStagedWarps);
+        plan.wpg = warps_per_group(K / shape.unit_elems, gpb, kStagedWarps);
         return plan;
     }
     return plan;
@@ -339,6 +331,22 @@ Q8Params make_params(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& s
     p.src = src;
     p.swiglu_out = swiglu_out;
     return p;
+}
+
+GroupShape group_shape(const MatvecJob* jobs, int n_jobs, bool swiglu) {
+    GroupShape s;
+    for (int j = 0; j < n_jobs; ++j) {
+        s.groups += swiglu ? (j == 0 ? jobs[j].w.N : 0) : (jobs[j].w.N + 1) / 2;
+        s.group_bytes = swiglu ? jobs[0].w.row_bytes + jobs[n_jobs - 1].w.row_bytes
+                               : std::max(s.group_bytes, 2 * jobs[j].w.row_bytes);
+        s.unit_elems = std::min(s.unit_elems, unit_elems(jobs[j].w.type));
+        s.weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    }
+    return s;
+}
+
+size_t staged_bytes(const GroupShape& shape, int groups_per_block, int n_jobs) {
+    return (size_t(groups_per_block) * shape.group_bytes + 48 * size_t(n_jobs) + 15) & ~size_t(15);
 }
 
 int warps_per_group(int units, int groups_per_block, int warps) {

@@ -514,6 +514,18 @@ Q8Params make_params(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& s
 constexpr int unit_elems(TensorType t) {
     return t == TensorType::Q4_K || t == TensorType::Q5_K || t == TensorType::Q6_K ? 64 : 32;
 }
+// The row groups of one launch over these jobs: how many, the weight bytes of the largest (two
+// rows), the smallest unit of the jobs' types (elements) and the jobs' weight bytes in all.
+struct GroupShape {
+    int groups = 0;
+    size_t group_bytes = 0;
+    int unit_elems = 64;
+    size_t weight_bytes = 0;
+};
+GroupShape group_shape(const MatvecJob* jobs, int n_jobs, bool swiglu);
+// The shared-memory bytes stage_rows lays out for groups_per_block groups of that shape: per job
+// up to 15 bytes before and after for the 16-byte alignment and 16 spare; a multiple of 16.
+size_t staged_bytes(const GroupShape& shape, int groups_per_block, int n_jobs);
 // Warps per row group: enough for a lane per unit of a row of `units` units (of the jobs'
 // smallest kind), as far as a block's `warps` go round its groups.
 int warps_per_group(int units, int groups_per_block, int warps);
