@@ -228,8 +228,10 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #             default without the decode-step kernel, here required for every product),
     #             planned for the device's SMs and for 2 SMs (many groups per block, up to 4
     #             blocks per SM);
-    #   step_na   the persistent decode-step kernel (decode_step.cu, the default on sm_90) for the
-    #             matvecs, attention apart: the same sums as w1 in another order;
+    #   step_na   the persistent decode-step kernel (decode_step.cu; opt-in, and with
+    #             METALLIC_CUDA_STEP=1 a decode matvec or attention it does not take is an error,
+    #             so these runs go through it) for the matvecs, attention apart: the same sums as
+    #             w1 in another order;
     #   step      the decode-step kernel with attention in it (16 value slices per block instead
     #             of 4: last-bit differences, which o's 8-bit input turns into quantization
     #             steps, so compared to step_na at the f32 bound below), and step_c32 the same

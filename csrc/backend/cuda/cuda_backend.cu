@@ -232,7 +232,10 @@ private:
     // the products it takes; METALLIC_CUDA_STEP_ATTN=0 keeps attention apart.
     std::unique_ptr<cuda::DecodeStep> step_;
     bool step_attention_ = true;
+    // METALLIC_CUDA_STEP=1 without METALLIC_CUDA_STEP_MAX_MB (tests): a decode matvec or attention
+    // the kernel does not take is an error, so that a test of the kernel cannot pass without it.
     bool step_required_ = false;
+    bool step_takes_all_ = false;
 
     // Graph state.
     Mode mode_ = Mode::Eager;
@@ -281,6 +284,7 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_ATTN")) step_attention_ = std::string(q) != "0";
     size_t step_max_bytes = ~size_t(0);
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_MAX_MB")) step_max_bytes = size_t(std::atof(q) * (1 << 20));
+    step_takes_all_ = step_required_ && step_max_bytes == ~size_t(0);
     if (step && q8_enabled_ && !q8_prequantize_ && q8_warps_ == 0 && q8_max_blocks_ == 0) {
         step_ = std::make_unique<cuda::DecodeStep>(device_, step_max_bytes);
         if (!step_->usable()) {
@@ -485,7 +489,11 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         src.x = mm.x;
     }
     float* swiglu_out = fuse_swiglu ? mm.swiglu_out : nullptr;
-    if (step_ && step_->takes_matvec(mm.jobs, mm.n, mm.K, src)) {
+    const bool to_step = step_ && step_->takes_matvec(mm.jobs, mm.n, mm.K, src);
+    if (step_ && !to_step && step_takes_all_)
+        throw Error("cuda backend: METALLIC_CUDA_STEP=1, but the decode-step kernel does not take a " +
+                    std::to_string(mm.K) + "-wide matvec");
+    if (to_step) {
         // Sized now for the ordinary kernels' quantize launch, which a recorded step falls back
         // to if its run was never uploaded (launch_step); no buffer may grow while recording.
         if (mode_ == Mode::Eager) ensure_q8(mm.K);
@@ -947,7 +955,10 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     a.thread_per_key = attn_thread_per_key_;
     a.prefill_tc = attn_prefill_tc_;
     a.trace = &trace_;
-    if (decode && step_ && step_attention_ && step_->takes_attention(a)) step_->add_attention(a);
+    const bool to_step = decode && step_ && step_attention_ && step_->takes_attention(a);
+    if (decode && step_ && step_attention_ && !to_step && step_takes_all_)
+        throw Error("cuda backend: METALLIC_CUDA_STEP=1, but the decode-step kernel does not take this attention");
+    if (to_step) step_->add_attention(a);
     else cuda::launch_attention(a, enq());
 }
 
