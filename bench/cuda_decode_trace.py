@@ -77,7 +77,11 @@ def analyze(out):
     by_site = launches(rec)
     counts = collections.Counter(len(v) for v in by_site.values())
     steps = max(counts, key=lambda k: counts[k])
-    sites = [k for k, v in by_site.items() if len(v) == steps]
+    # A site with more launches also ran before the decode steps (the LM head after the prompt):
+    # its last `steps` launches are the decode steps'.
+    sites = [k for k, v in by_site.items() if len(v) >= steps]
+    for k in sites:
+        by_site[k] = by_site[k][len(by_site[k]) - steps:]
     print(f"{len(rec)} block records; {len(sites)} launch sites seen in all {steps} steps")
     timeline = []
     for o in range(steps):
@@ -114,6 +118,10 @@ def analyze(out):
               f" {g('2hi') - g('1lo'):6.2f} {g('3hi') - g('1lo'):6.2f} {g('xlo'):8.2f}..{g('xhi'):8.2f}"
               f" {g('gap'):5.2f} {post:6.2f}")
     print("per step, us:", ", ".join(f"{k} {x:.1f}" for k, x in totals.items()))
+    # From the last traced launch's last exit (the LM head) to the next step's first traced entry:
+    # the untraced tail (top-k, the copy to the host, the host's turn, the graph's start, embed).
+    tail = statistics.median([b[0][0][0][0] - a[-1][0]["x"][1] for a, b in zip(mid[:-1], mid[1:])])
+    print(f"tail (last traced exit to next step's first entry): {tail / 1e3:.1f} us")
     return period / 1e3, rows
 
 

@@ -113,17 +113,22 @@ def test_graph_replay_equals_eager_launches(tmp_path, monkeypatch, kv_type):
     np.testing.assert_array_equal(runs["1"][1 + 2:1 + 10], runs["1"][1 + 30:1 + 38])
 
 
-def test_top_k_on_device_matches_full_logits(tmp_path):
-    path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0", vocab=1000)
-    tokens = [1, 5, 9, 200, 17]
+@pytest.mark.parametrize("vocab", [1000, 100])  # 100: fewer logits than the kernel's blocks
+def test_top_k_on_device_matches_full_logits(tmp_path, vocab):
+    path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0", vocab=vocab)
+    tokens = [1, 5, 9, 20, 17]
     with Model(path, n_ctx=32, backend="cuda") as a, Model(path, n_ctx=32, backend="cuda") as b:
         for step, t in enumerate(tokens):
             full = a.eval([t])
             for k in (1, 40):
+                order = np.lexsort((np.arange(len(full)), -full))[:k]
+                b.truncate(step)
+                ids, vals = b.eval([t], top_k=k)  # the selection alone (no log-sum-exp pass)
+                np.testing.assert_array_equal(ids, order)
+                np.testing.assert_array_equal(vals, full[order])
                 b.truncate(step)
                 ids, vals, lse = b.eval([t], top_k=k, logsumexp=True)
                 assert ids.dtype == np.int32 and vals.dtype == np.float32 and len(ids) == k
-                order = np.lexsort((np.arange(len(full)), -full))[:k]
                 np.testing.assert_array_equal(ids, order)
                 np.testing.assert_array_equal(vals, full[order])
                 # The row's log-sum-exp, reduced on the device, against float64 on the host.

@@ -57,15 +57,20 @@ QMatrix qmatrix(const WeightTensor& w) {
 
 std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 19)) >> 20) + " MiB"; }
 
-// FNV-1a over the words of an op's arguments (compared within the process only: byte order
-// does not matter).
+// An op's kind and arguments, word by word, as a replayed step compares them with the recording.
+// The words themselves, not a hash of them: a decode step checks ~400 of these on the host
+// while the device waits for its graph, and hashing them bytewise cost ~20 us a token.
 struct Sig {
-    uint64_t h = cuda::kFnvOffset;
+    static constexpr int kWords = 6;
+    uint64_t w[kWords] = {};
+    int n = 0;
     Sig& add(uint64_t v) {
-        h = cuda::fnv1a(&v, sizeof v, h);
+        if (n == kWords) throw Error("cuda backend: an op signature has more than 6 words");
+        w[n++] = v;
         return *this;
     }
     Sig& add(const void* p) { return add(uint64_t(reinterpret_cast<uintptr_t>(p))); }
+    bool operator==(const Sig& o) const { return n == o.n && std::memcmp(w, o.w, sizeof w) == 0; }
 };
 
 // Top-k results staged for the host: 64 ids, 64 values, the log-sum-exp.
@@ -134,14 +139,20 @@ private:
     std::unordered_set<void*> buffers_;  // live alloc()s: freed with the backend if the owner could not
     size_t weight_bytes_ = 0;
 
-    // Pinned host staging read by (recorded) copies, and their device twins.
+    // Pinned host staging, mapped into the device's address space: the embed kernel reads the
+    // token ids there (no copy), and the position is copied to d_pos_ (by a recorded copy, or by
+    // the first embed of a recorded step: pos_copy_pending_).
     int* h_pos_ = nullptr;
+    const int* h_pos_dev_ = nullptr;
     int* d_pos_ = nullptr;
     int32_t* h_ids_ = nullptr;
-    int32_t* d_ids_ = nullptr;
+    const int32_t* h_ids_dev_ = nullptr;
     int ids_capacity_ = 0;
-    int32_t* h_topk_ = nullptr;  // 64 ids, 64 floats, then the row's log-sum-exp
-    void* d_topk_ = nullptr;
+    bool pos_copy_pending_ = false;
+    // Top-k results, written there by the kernel (pinned host memory mapped into the device's
+    // address space: no copy to wait for): 64 ids, 64 floats, then the row's log-sum-exp.
+    int32_t* h_topk_ = nullptr;
+    int32_t* h_topk_dev_ = nullptr;  // h_topk_ as the device addresses it
     void* d_topk_scratch_ = nullptr;
     size_t topk_scratch_bytes_ = 0;
     bool staging_in_use_ = false;  // copies from the pinned staging may still be pending
@@ -244,8 +255,14 @@ private:
     bool graph_done_this_step_ = false;
     bool ops_after_graph_ = false;
     cudaGraphExec_t graph_exec_ = nullptr;
-    std::vector<uint64_t> sigs_;
+    std::vector<Sig> sigs_;
     size_t replay_index_ = 0;
+    // A replayed graph is launched as soon as the host has staged the step's input (after op
+    // number graph_launch_at_ of the recording, its last embed), so the device runs it while the
+    // host checks the rest of the step's ops against the recording; 0: at the end of the part.
+    size_t graph_launch_at_ = 0;
+    bool graph_launched_ = false;
+    void launch_graph();
 };
 
 CudaBackend::CudaBackend(const BackendOptions& options) {
@@ -294,10 +311,11 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
                 throw Error("cuda backend: METALLIC_CUDA_STEP=1, but this device cannot run the decode-step kernel");
         }
     }
-    MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
-    MN_CUDA_CHECK(cudaMallocHost(&h_topk_, kTopkResultWords * sizeof(int32_t)));
+    MN_CUDA_CHECK(cudaHostAlloc(&h_pos_, sizeof(int), cudaHostAllocMapped));
+    MN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(const_cast<int**>(&h_pos_dev_)), h_pos_, 0));
+    MN_CUDA_CHECK(cudaHostAlloc(&h_topk_, kTopkResultWords * sizeof(int32_t), cudaHostAllocMapped));
+    MN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&h_topk_dev_), h_topk_, 0));
     d_pos_ = static_cast<int*>(device_alloc(sizeof(int), "the position"));
-    d_topk_ = device_alloc(kTopkResultWords * sizeof(int32_t), "top-k results");
     ensure_ids(256);
 #ifdef MN_CUDA_TRACE
     trace_.cap = 1u << 22;  // 256 MiB of records: a few hundred decode steps of a 0.5B model
@@ -339,7 +357,7 @@ CudaBackend::~CudaBackend() {
     for (void* p : weights_) cudaFree(p);
     for (void* p : buffers_) cudaFree(p);  // left over when a constructor threw half-way
     for (RopeTable& t : rope_tables_) cudaFree(t.freq);
-    for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_ids_), d_topk_, d_topk_scratch_,
+    for (void* p : {static_cast<void*>(d_pos_), d_topk_scratch_,
                     static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_buf_),
                     static_cast<void*>(attn_counters_)})
         if (p) cudaFree(p);
@@ -424,12 +442,11 @@ void CudaBackend::ensure_ids(int rows) {
     if (rows <= ids_capacity_) return;
     wait_host_staging();
     if (h_ids_) cudaFreeHost(h_ids_);
-    if (d_ids_) cudaFree(d_ids_);
     h_ids_ = nullptr;
-    d_ids_ = nullptr;
+    h_ids_dev_ = nullptr;
     ids_capacity_ = 0;
-    MN_CUDA_CHECK(cudaMallocHost(&h_ids_, sizeof(int32_t) * rows));
-    d_ids_ = static_cast<int32_t*>(device_alloc(sizeof(int32_t) * rows, "token ids"));
+    MN_CUDA_CHECK(cudaHostAlloc(&h_ids_, sizeof(int32_t) * rows, cudaHostAllocMapped));
+    MN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(const_cast<int32_t**>(&h_ids_dev_)), h_ids_, 0));
     ids_capacity_ = rows;
 }
 
@@ -526,6 +543,10 @@ void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda
 }
 
 cudaStream_t CudaBackend::enq() {
+    if (pos_copy_pending_) {
+        pos_copy_pending_ = false;
+        MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, stream_));
+    }
     if (step_ && !step_->empty()) launch_step();
     return stream_;
 }
@@ -580,7 +601,7 @@ void CudaBackend::set_pos(int pos0) {
 
 bool CudaBackend::record(Sig sig) {
     if (mode_ == Mode::Capture) {
-        if (!graph_done_this_step_) sigs_.push_back(sig.h);
+        if (!graph_done_this_step_) sigs_.push_back(sig);
         else ops_after_graph_ = true;
         return false;
     }
@@ -590,7 +611,9 @@ bool CudaBackend::record(Sig sig) {
             drop_graph();
             throw Error("cuda backend: an op followed the output of a replayed decode step");
         }
-        if (replay_index_ >= sigs_.size() || sigs_[replay_index_] != sig.h) {
+        if (replay_index_ >= sigs_.size() || !(sigs_[replay_index_] == sig)) {
+            // If the graph was launched already (launch_graph), its work is thrown away with the
+            // step: nothing reads this step's output, and the next step rewrites its cache row.
             const size_t at = replay_index_;
             drop_graph();
             throw Error("cuda backend: op " + std::to_string(at) +
@@ -623,6 +646,7 @@ void CudaBackend::abort_capture() {
         sigs_.clear();
         mode_ = Mode::Eager;
         device_pos_ = -1;  // the recorded copy never ran
+        pos_copy_pending_ = false;
     }
 }
 
@@ -635,6 +659,7 @@ void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
     flush();
     step_open_ = true;
     graph_done_this_step_ = false;
+    graph_launched_ = false;
     ops_after_graph_ = false;
     const bool graphable = graphs_enabled_ && replayable && rows == 1;
     if (!graphable) {
@@ -664,9 +689,10 @@ void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
         return;
     }
     sigs_.clear();
+    graph_launch_at_ = 0;
     MN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     mode_ = Mode::Capture;
-    MN_CUDA_CHECK(cudaMemcpyAsync(d_pos_, h_pos_, sizeof(int), cudaMemcpyHostToDevice, enq()));
+    pos_copy_pending_ = true;  // by the step's embed, or a copy before whatever comes first (enq)
     device_pos_ = pos0;
 }
 
@@ -693,10 +719,15 @@ void CudaBackend::finish_graph_part() {
             drop_graph();
             throw Error("cuda backend: a decode step ended before the recorded CUDA graph did");
         }
-        MN_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
-        staging_in_use_ = true;
+        if (!graph_launched_) launch_graph();
         graph_done_this_step_ = true;
     }
+}
+
+void CudaBackend::launch_graph() {
+    MN_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+    staging_in_use_ = true;
+    graph_launched_ = true;
 }
 
 void CudaBackend::end_step() {
@@ -816,14 +847,13 @@ void CudaBackend::top_k(const Buffer& src, int64_t offset, int64_t n, int k, int
         d_topk_scratch_ = nullptr;
         topk_scratch_bytes_ = 0;
         d_topk_scratch_ = device_alloc(need, "top-k scratch");
+        MN_CUDA_CHECK(cudaMemsetAsync(d_topk_scratch_, 0, need, enq()));  // the kernel's block counter
         topk_scratch_bytes_ = need;
     }
-    int32_t* d_ids = static_cast<int32_t*>(d_topk_);
+    int32_t* d_ids = h_topk_dev_;
     float* d_vals = reinterpret_cast<float*>(d_ids + 64);
-    float* d_lse = d_vals + 64;
-    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, d_lse, enq());
-    MN_CUDA_CHECK(cudaMemcpyAsync(h_topk_, d_topk_, kTopkResultWords * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                                  enq()));
+    float* d_lse = log_sum_exp ? d_vals + 64 : nullptr;
+    cuda::launch_topk(src.f32() + offset, n, k, d_topk_scratch_, d_ids, d_vals, d_lse, pdl_, enq());
     MN_CUDA_CHECK(cudaStreamSynchronize(stream_));
     staging_in_use_ = false;
     std::memcpy(ids, h_topk_, sizeof(int32_t) * k);
@@ -846,13 +876,23 @@ void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows,
         wait_host_staging();
     }
     if (rows > ids_capacity_) throw Error("cuda backend: token staging too small in a recorded step");
-    // In a replayed step only this host copy runs: the graph's recorded copy picks it up.
+    // In a replayed step only this host copy runs: the graph's embed kernel reads it there.
     std::memcpy(h_ids_, ids, sizeof(int32_t) * rows);
-    if (skip) return;
+    if (mode_ == Mode::Capture && !graph_done_this_step_) graph_launch_at_ = sigs_.size();
+    if (skip) {
+        if (replay_index_ == graph_launch_at_) launch_graph();
+        return;
+    }
     flush();
-    MN_CUDA_CHECK(cudaMemcpyAsync(d_ids_, h_ids_, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, enq()));
+    const int* pos_src = nullptr;
+    int* pos_dst = nullptr;
+    if (pos_copy_pending_) {
+        pos_copy_pending_ = false;
+        pos_src = h_pos_dev_;
+        pos_dst = d_pos_;
+    }
     staging_in_use_ = true;
-    cuda::launch_embed(qmatrix(table), d_ids_, rows, out.f32(), enq());
+    cuda::launch_embed(qmatrix(table), h_ids_dev_, rows, out.f32(), pos_src, pos_dst, enq());
 }
 
 void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {

@@ -11,8 +11,10 @@ namespace mn::cuda {
 namespace {
 
 template <TensorType T>
-__global__ void embed_kernel(const uint8_t* table, size_t row_bytes, int K, const int32_t* ids, float* out) {
+__global__ void embed_kernel(const uint8_t* table, size_t row_bytes, int K, const int32_t* ids, float* out,
+                             const int* pos_src, int* pos_dst) {
     const int r = blockIdx.x;
+    if (pos_src && r == 0 && threadIdx.x == 0) *pos_dst = *pos_src;
     const uint8_t* row = table + size_t(ids[r]) * row_bytes;
     const int n_chunks = (K + 31) / 32;
     for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) {
@@ -28,10 +30,12 @@ struct EmbedLaunch {
     const int32_t* ids;
     int rows;
     float* out;
+    const int* pos_src;
+    int* pos_dst;
     cudaStream_t s;
     template <TensorType T>
     void operator()() const {
-        embed_kernel<T><<<rows, 128, 0, s>>>(t.data, t.row_bytes, t.K, ids, out);
+        embed_kernel<T><<<rows, 128, 0, s>>>(t.data, t.row_bytes, t.K, ids, out, pos_src, pos_dst);
     }
 };
 
@@ -121,20 +125,39 @@ struct Cand {
     float v;
     int i;
 };
+
+struct TopkArgs {
+    const float* x;
+    int64_t n;
+    int k, slice;
+    float* cand_v;  // [blocks][k] each slice's best, then their row indices
+    int* cand_i;
+    float* block_max;  // [blocks] each slice's max and sum of exp(x - max) (log-sum-exp only)
+    float* block_sum;
+    int* counter;  // blocks done (zero between launches)
+    int32_t* ids;  // [k] results
+    float* vals;
+    float* lse;  // null: not wanted
+};
 __device__ __forceinline__ bool better(const Cand& a, const Cand& b) {
     return a.v > b.v || (a.v == b.v && a.i < b.i);
 }
 
 // Selects the k best of vals[0..len) (indices idx[] or the position when idx is null),
-// destroying vals (shared memory). Thread 0 writes them in descending order.
+// destroying vals. Thread 0 writes them in descending order. L2: vals and idx are global memory
+// that other blocks of this launch wrote, read through L2 (__ldcg; this thread's own overwrites
+// of vals are then seen in program order).
+template <bool L2>
 __device__ void select_k(float* vals, const int* idx, int len, int k, float* out_v, int* out_i) {
     __shared__ Cand wbest[kTopkThreads / 32];
     __shared__ Cand pick;
+    auto val = [&](int j) { return L2 ? __ldcg(vals + j) : vals[j]; };
+    auto id = [&](int j) { return idx ? (L2 ? __ldcg(idx + j) : idx[j]) : j; };
     auto local_best = [&]() {
         Cand b{-INFINITY, INT_MAX};
         for (int j = threadIdx.x; j < len; j += kTopkThreads) {
-            const Cand c{vals[j], idx ? idx[j] : j};
-            if (vals[j] == vals[j] && better(c, b)) b = c;  // NaN never wins
+            const Cand c{val(j), id(j)};
+            if (c.v == c.v && better(c, b)) b = c;  // NaN never wins
         }
         return b;
     };
@@ -160,7 +183,7 @@ __device__ void select_k(float* vals, const int* idx, int len, int k, float* out
         // Only the thread that held the winner rescans its elements.
         if (mine.i == pick.i && mine.v == pick.v && pick.i != INT_MAX) {
             for (int j = threadIdx.x; j < len; j += kTopkThreads)
-                if ((idx ? idx[j] : j) == pick.i) vals[j] = -INFINITY;
+                if (id(j) == pick.i) vals[j] = -INFINITY;
             mine = local_best();
         }
         __syncthreads();
@@ -183,58 +206,70 @@ __device__ float block_reduce(float v) {
     return v;
 }
 
-__global__ void topk_stage1(const float* x, int64_t n, int k, int slice, float* cand_v, int* cand_i,
-                            float* block_max, float* block_sum) {
+// One launch: each block takes a slice of the row (its max, its sum of exp(x - max) when the
+// log-sum-exp is wanted, its k best as candidates), then counts itself done; the last block
+// combines the slices and writes the results (to pinned host memory, so no copy follows). As a
+// programmatic dependent launch it is resident while the LM head finishes. Two launches, the
+// second ordinary, and a copy cost ~10 us of a 0.5B decode step's tail (H100).
+__global__ void __launch_bounds__(kTopkThreads) topk_kernel(TopkArgs a) {
     extern __shared__ float sv[];
-    const int64_t start = int64_t(blockIdx.x) * slice;
-    const int64_t left = n - start;
-    const int len = left <= 0 ? 0 : (left < slice ? int(left) : slice);
+    __shared__ bool s_last;
+    pdl_wait();
+    const int64_t start = int64_t(blockIdx.x) * a.slice;
+    const int64_t left = a.n - start;
+    const int len = left <= 0 ? 0 : (left < a.slice ? int(left) : a.slice);
     float m = -INFINITY;
     for (int j = threadIdx.x; j < len; j += kTopkThreads) {
-        sv[j] = x[start + j];
+        sv[j] = a.x[start + j];
         m = fmaxf(m, sv[j]);
     }
-    // The slice's max and sum(exp(x - max)), combined over the slices in stage 2.
-    m = block_reduce<true>(m);
-    float s = 0.0f;
-    if (m != -INFINITY)
-        for (int j = threadIdx.x; j < len; j += kTopkThreads) s += expf(sv[j] - m);
-    s = block_reduce<false>(s);
-    if (threadIdx.x == 0) {
-        block_max[blockIdx.x] = m;
-        block_sum[blockIdx.x] = s;
+    if (a.lse) {
+        // The slice's max and sum(exp(x - max)), combined over the slices by the last block.
+        m = block_reduce<true>(m);
+        float s = 0.0f;
+        if (m != -INFINITY)
+            for (int j = threadIdx.x; j < len; j += kTopkThreads) s += expf(sv[j] - m);
+        s = block_reduce<false>(s);
+        if (threadIdx.x == 0) {
+            a.block_max[blockIdx.x] = m;
+            a.block_sum[blockIdx.x] = s;
+        }
     }
     __syncthreads();
     __shared__ float ov[64];
     __shared__ int oi[64];
-    select_k(sv, nullptr, len, k, ov, oi);
-    if (threadIdx.x < k) {
-        cand_v[blockIdx.x * k + threadIdx.x] = ov[threadIdx.x];
-        cand_i[blockIdx.x * k + threadIdx.x] = oi[threadIdx.x] == INT_MAX ? INT_MAX : int(start) + oi[threadIdx.x];
+    select_k<false>(sv, nullptr, len, a.k, ov, oi);
+    if (threadIdx.x < a.k) {
+        a.cand_v[blockIdx.x * a.k + threadIdx.x] = ov[threadIdx.x];
+        a.cand_i[blockIdx.x * a.k + threadIdx.x] = oi[threadIdx.x] == INT_MAX ? INT_MAX : int(start) + oi[threadIdx.x];
     }
-}
-
-__global__ void topk_stage2(float* cand_v, const int* cand_i, int n_cand, int k, int32_t* ids, float* vals,
-                            const float* block_max, const float* block_sum, float* lse) {
-    // log(sum exp) over all slices first (select_k below overwrites cand_v, not these).
-    const float bm = threadIdx.x < kTopkBlocks ? block_max[threadIdx.x] : -INFINITY;
-    const float m = block_reduce<true>(bm);
-    const float s = block_reduce<false>(threadIdx.x < kTopkBlocks && bm != -INFINITY
-                                            ? block_sum[threadIdx.x] * expf(bm - m) : 0.0f);
-    if (threadIdx.x == 0) *lse = m + logf(s);
-    __shared__ float ov[64];
-    __shared__ int oi[64];
-    select_k(cand_v, cand_i, n_cand, k, ov, oi);
-    if (threadIdx.x < k) {
-        ids[threadIdx.x] = oi[threadIdx.x];
-        vals[threadIdx.x] = ov[threadIdx.x];
+    // Publish the candidates, then count them; the block that counts last sees every slice's.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(a.counter, 1) == int(gridDim.x) - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (a.lse) {
+        const float bm = threadIdx.x < gridDim.x ? __ldcg(a.block_max + threadIdx.x) : -INFINITY;
+        const float mx = block_reduce<true>(bm);
+        const float s = block_reduce<false>(threadIdx.x < gridDim.x && bm != -INFINITY
+                                                ? __ldcg(a.block_sum + threadIdx.x) * expf(bm - mx) : 0.0f);
+        if (threadIdx.x == 0) *a.lse = mx + logf(s);
     }
+    select_k<true>(a.cand_v, a.cand_i, int(gridDim.x) * a.k, a.k, ov, oi);
+    if (threadIdx.x < a.k) {
+        a.ids[threadIdx.x] = oi[threadIdx.x];
+        a.vals[threadIdx.x] = ov[threadIdx.x];
+    }
+    if (threadIdx.x == 0) *a.counter = 0;  // ready for the next launch
 }
 
 }  // namespace
 
-void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, cudaStream_t stream) {
-    if (!dispatch_type(table.type, EmbedLaunch{table, ids, rows, out, stream}))
+void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, const int* pos_src, int* pos_dst,
+                  cudaStream_t stream) {
+    if (!dispatch_type(table.type, EmbedLaunch{table, ids, rows, out, pos_src, pos_dst, stream}))
         throw Error("cuda embed: unsupported table type");
     MN_CUDA_CHECK_LAUNCH("embed_kernel");
 }
@@ -278,24 +313,31 @@ void launch_rope_store(float* q, float* k, const float* v, void* k_cache, void* 
 }
 
 size_t topk_scratch_bytes(int64_t n, int k) {
-    return size_t(kTopkBlocks) * k * (sizeof(float) + sizeof(int)) + 2 * size_t(kTopkBlocks) * sizeof(float);
+    return 16 + 2 * size_t(kTopkBlocks) * sizeof(float) + size_t(kTopkBlocks) * k * (sizeof(float) + sizeof(int));
 }
 
 void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
-                 cudaStream_t stream) {
+                 bool pdl, cudaStream_t stream) {
     if (k < 1 || k > 64) throw InvalidArgument("top_k must be in [1, 64], got " + std::to_string(k));
-    const int slice = int((n + kTopkBlocks - 1) / kTopkBlocks);
-    const size_t smem = sizeof(float) * size_t(slice);
+    TopkArgs a;
+    a.x = x;
+    a.n = n;
+    a.k = k;
+    a.slice = int((n + kTopkBlocks - 1) / kTopkBlocks);
+    const size_t smem = sizeof(float) * size_t(a.slice);
     if (smem > 48 * 1024) throw Error("cuda top-k: vocabulary too large (" + std::to_string(n) + ")");
-    float* cand_v = static_cast<float*>(scratch);
-    int* cand_i = reinterpret_cast<int*>(cand_v + kTopkBlocks * k);
-    float* block_max = reinterpret_cast<float*>(cand_i + kTopkBlocks * k);
-    float* block_sum = block_max + kTopkBlocks;
-    topk_stage1<<<kTopkBlocks, kTopkThreads, smem, stream>>>(x, n, k, slice, cand_v, cand_i, block_max, block_sum);
-    MN_CUDA_CHECK_LAUNCH("topk_stage1");
-    topk_stage2<<<1, kTopkThreads, 0, stream>>>(cand_v, cand_i, kTopkBlocks * k, k, ids_out, vals_out, block_max,
-                                                block_sum, lse_out);
-    MN_CUDA_CHECK_LAUNCH("topk_stage2");
+    // The counter first: at the same place whatever k is, so a buffer grown for a larger k
+    // keeps the zero the last block left.
+    a.counter = static_cast<int*>(scratch);
+    a.block_max = reinterpret_cast<float*>(static_cast<char*>(scratch) + 16);
+    a.block_sum = a.block_max + kTopkBlocks;
+    a.cand_v = a.block_sum + kTopkBlocks;
+    a.cand_i = reinterpret_cast<int*>(a.cand_v + kTopkBlocks * k);
+    a.ids = ids_out;
+    a.vals = vals_out;
+    a.lse = lse_out;
+    launch_kernel(pdl, topk_kernel, dim3(kTopkBlocks), dim3(kTopkThreads), smem, stream, a);
+    MN_CUDA_CHECK_LAUNCH("topk_kernel");
 }
 
 }  // namespace mn::cuda

@@ -167,7 +167,10 @@ private:
 };
 
 // ---- elementwise.cu ----
-void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, cudaStream_t stream);
+// ids may be pinned host memory. With pos_src, the first thread also copies *pos_src to *pos_dst
+// (a decode step's position, so that its graph starts with one kernel instead of two copies).
+void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out, const int* pos_src, int* pos_dst,
+                  cudaStream_t stream);
 void launch_rms_norm(const float* x, const float* w, float eps, int rows, int width, float* out, cudaStream_t stream);
 void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
@@ -233,10 +236,11 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 bool attention_prefill_covers(const AttentionArgs& a);
 void launch_attention_prefill(const AttentionArgs& a, cudaStream_t stream);
 
-// ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and
-// log(sum(exp(x))) of the whole row into *lse_out. ----
+// ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and,
+// unless lse_out is null, log(sum(exp(x))) of the whole row into *lse_out. The outputs may be
+// pinned host memory. scratch (topk_scratch_bytes) must be zeroed before its first use. ----
 size_t topk_scratch_bytes(int64_t n, int k);
 void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
-                 cudaStream_t stream);
+                 bool pdl, cudaStream_t stream);
 
 }  // namespace mn::cuda
