@@ -40,9 +40,11 @@ def run(model, out, tokens, prompt_len):
     from metallic_native import Model
     with Model(model, n_ctx=max(512, prompt_len + tokens + 8), backend="cuda") as m:
         m.eval([(i * 7919) % 30000 + 5 for i in range(prompt_len)])
+        tok = 3
         t0 = time.perf_counter()
         for t in range(tokens):
-            m.eval([t + 3], top_k=1)
+            ids, _ = m.eval([tok], top_k=1)  # greedy, as bench_cuda.py's tg (steps run ahead)
+            tok = int(ids[0])
         print(f"{tokens / (time.perf_counter() - t0):.0f} tok/s with tracing on")
     # The backend writes the records when it is destroyed (at close).
 

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "quant/formats.h"
 
@@ -103,6 +105,30 @@ public:
     // select on the host.
     virtual void top_k(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
                        float* log_sum_exp);
+
+    // ---- optional: greedy decoding run ahead ----
+    // A caller decoding greedily feeds each one-row step the previous step's top-1 token. Between
+    // two such steps the device would wait for the host's round trip; a backend that can may
+    // instead start the next step at once. top_k_run_ahead is top_k at the end of a replayable
+    // one-row step at position pos0 whose top-1 token the caller will most likely feed to the
+    // next step: the backend may also launch that step (position pos0 + 1, the token taken on the
+    // device, then the same top-k) before returning this one's result. The next step's
+    // take_ahead collects it: if a step was run ahead for exactly (token, pos0, k, whether the
+    // log-sum-exp is wanted), it writes that step's results, first running the step after it
+    // ahead in turn when `further`, and returns true; otherwise the step run ahead is forgotten
+    // (its writes - a cache row at pos0 and scratch - are rewritten before anything reads them)
+    // and it returns false. Defaults: top_k, and nothing ever runs ahead.
+    virtual void top_k_run_ahead(const Buffer& src, int64_t offset, int64_t n, int k, int32_t* ids, float* vals,
+                                 float* log_sum_exp) {
+        top_k(src, offset, n, k, ids, vals, log_sum_exp);
+    }
+    virtual bool take_ahead(int32_t token, int pos0, int k, int32_t* ids, float* vals, float* log_sum_exp,
+                            bool further) {
+        return false;
+    }
+    // Event counts since the backend was made, by name (what a backend does in its own way, such
+    // as graph replays, for tests and diagnostics). Default: none.
+    virtual std::vector<std::pair<std::string, int64_t>> counters() const { return {}; }
 };
 
 struct BackendOptions {

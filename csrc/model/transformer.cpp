@@ -77,6 +77,7 @@ void Transformer::check_append(int64_t n) const {
 void Transformer::eval(const int32_t* tokens, int n, float* logits, bool all_logits, HiddenCapture* capture) {
     if (n < 1) throw InvalidArgument("eval needs at least one token");
     check_append(n);
+    last_top1_ = -1;
     if (capture) capture->states.assign(config_.n_layers + 1, {});
     const int64_t vocab = weights_.output.ne1;
     for (int done = 0; done < n;) {
@@ -96,13 +97,23 @@ void Transformer::eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, 
     if (k < 1 || k > vocab)
         throw InvalidArgument("top_k must be in [1, " + std::to_string(vocab) + "], got " + std::to_string(k));
     check_append(n);
-    const TopK request{k, ids, vals, log_sum_exp};
+    // Greedy decoding: this one-row step's token is the last step's top-1, and the next position
+    // fits the cache, so the next step can start before the host has this one's result.
+    const bool greedy = n == 1 && k == 1 && tokens[0] == last_top1_ && n_past_ + 2 <= options_.n_ctx;
+    last_top1_ = -1;
+    if (n == 1 && backend_->take_ahead(tokens[0], n_past_, k, ids, vals, log_sum_exp, greedy)) {
+        n_past_ += 1;
+        last_top1_ = ids[0];
+        return;
+    }
+    const TopK request{k, ids, vals, log_sum_exp, greedy};
     for (int done = 0; done < n;) {
         const int rows = std::min(options_.max_batch, n - done);
         const bool last_chunk = done + rows == n;
         forward_chunk(tokens + done, rows, nullptr, false, nullptr, last_chunk ? &request : nullptr);
         done += rows;
     }
+    last_top1_ = ids[0];
 }
 
 void Transformer::capture_rows(HiddenCapture* capture, int index, int rows) {
@@ -158,7 +169,10 @@ void Transformer::forward_chunk(const int32_t* tokens, int rows, float* logits, 
         Buffer normed = rows_of(h_, 0, 1, d);
         be.rms_norm(in, weights_.output_norm, c.rms_eps, 1, d, normed);
         be.matmul(weights_.output, normed, 1, logits_, nullptr);
-        be.top_k(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals, top_k->log_sum_exp);
+        if (top_k->run_ahead)
+            be.top_k_run_ahead(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals, top_k->log_sum_exp);
+        else
+            be.top_k(logits_, 0, vocab, top_k->k, top_k->ids, top_k->vals, top_k->log_sum_exp);
         be.end_step();
         n_past_ += rows;
         return;

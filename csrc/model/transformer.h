@@ -46,13 +46,21 @@ public:
     // cross to the host per token.
     // log_sum_exp (nullable): log(sum(exp(logits))) of the same row, so callers get
     // log-probabilities of the returned tokens without the vocabulary-sized row.
+    // Greedy decoding (k = 1, each call's token the previous call's top-1) lets the backend run
+    // the next step ahead (Backend::top_k_run_ahead): same results, less waiting on the host.
     void eval_top_k(const int32_t* tokens, int n, int k, int32_t* ids, float* vals, float* log_sum_exp = nullptr);
 
     int n_past() const { return n_past_; }
     int n_ctx() const { return options_.n_ctx; }
-    void reset() { n_past_ = 0; }
+    void reset() {
+        n_past_ = 0;
+        last_top1_ = -1;
+    }
     // Forgets cached positions from n on (n <= n_past()).
-    void truncate(int n) { n_past_ = n; }
+    void truncate(int n) {
+        n_past_ = n;
+        last_top1_ = -1;
+    }
 
     const ModelConfig& config() const { return config_; }
     Backend& backend() { return *backend_; }
@@ -63,6 +71,7 @@ private:
         int32_t* ids;
         float* vals;
         float* log_sum_exp;  // nullable
+        bool run_ahead;  // the caller decodes greedily: Backend::top_k_run_ahead
     };
     void forward_chunk(const int32_t* tokens, int rows, float* logits, bool all_logits, HiddenCapture* capture,
                        const TopK* top_k = nullptr);
@@ -73,6 +82,7 @@ private:
     std::unique_ptr<Backend> backend_;
     TransformerOptions options_;
     int n_past_ = 0;
+    int last_top1_ = -1;  // the top-1 token of the last eval_top_k (-1: none, or the cache changed since)
     int logits_rows_ = 0;  // rows the logits buffer holds
 
     std::vector<KVLayer> kv_;

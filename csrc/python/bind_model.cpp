@@ -180,6 +180,12 @@ void bind_model(py::module_& m) {
                                    return cpu ? cpu->n_threads() : 0;
                                })
         .def_property_readonly("config", &ModelHandle::config)
+        .def_property_readonly("backend_counters",
+                               [](ModelHandle& h) {
+                                   py::dict d;
+                                   for (const auto& [name, value] : h.get().backend().counters()) d[py::str(name)] = value;
+                                   return d;
+                               })
         .def_property_readonly("closed", &ModelHandle::closed)
         .def("close", &ModelHandle::close);
     m.def("supported_architectures", [] { return supported_architectures(); });

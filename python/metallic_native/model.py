@@ -126,6 +126,12 @@ class Model(GenerationMixin):
         return self._native.n_threads
 
     @property
+    def backend_counters(self) -> dict:
+        """Event counts of the backend since load, by name (CUDA: graph_replays,
+        steps_run_ahead, steps_taken_ahead); empty for backends that keep none."""
+        return dict(self._native.backend_counters)
+
+    @property
     def n_vocab(self) -> int:
         return self.config["vocab_size"]
 

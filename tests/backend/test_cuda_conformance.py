@@ -113,6 +113,48 @@ def test_graph_replay_equals_eager_launches(tmp_path, monkeypatch, kv_type):
     np.testing.assert_array_equal(runs["1"][1 + 2:1 + 10], runs["1"][1 + 30:1 + 38])
 
 
+def test_greedy_run_ahead_matches_step_by_step(tmp_path, monkeypatch):
+    """Greedy decoding with the next step run ahead on the device (the default) returns exactly
+    what step-by-step decoding does, through misses (a token that is not the top-1), a truncate
+    behind a step run ahead, full-logit steps in between, the log-sum-exp, and the end of the cache."""
+    path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype="Q5_0", d_model=256, n_heads=4, n_kv_heads=2,
+                       d_ff=512, vocab=300)
+    n_ctx = 40
+
+    def decode(run_ahead):
+        monkeypatch.setenv("METALLIC_CUDA_RUN_AHEAD", run_ahead)
+        out = []
+        with Model(path, n_ctx=n_ctx, backend="cuda") as m:
+            ids, _ = m.eval([5, 17, 42, 7], top_k=1)
+            tok = int(ids[0])
+            i = 0
+            while m.n_past < n_ctx:
+                if i == 9:
+                    tok = (tok + 1) % 300  # not the top-1: the step run ahead is not taken
+                if i == 14:
+                    m.truncate(m.n_past - 3)  # the cache changes behind a step run ahead
+                if i == 18:
+                    out.append(m.eval([tok]))  # a full-logits step between greedy ones
+                    tok = int(np.argmax(out[-1]))
+                else:
+                    r = m.eval([tok], top_k=1, logsumexp=i >= 24)
+                    out.extend(r)
+                    tok = int(r[0][0])
+                i += 1
+            counters = m.backend_counters
+        return out, counters
+
+    ahead, c1 = decode("1")
+    plain, c0 = decode("0")
+    assert len(ahead) == len(plain)
+    for a, b in zip(ahead, plain):
+        np.testing.assert_array_equal(a, b)
+    assert c0["steps_run_ahead"] == 0 and c0["steps_taken_ahead"] == 0
+    # Most steps were taken ahead; the misses, the truncate and the logits step were not.
+    assert c1["steps_taken_ahead"] >= 20, c1
+    assert c1["steps_run_ahead"] > c1["steps_taken_ahead"], c1
+
+
 @pytest.mark.parametrize("vocab", [1000, 100])  # 100: fewer logits than the kernel's blocks
 def test_top_k_on_device_matches_full_logits(tmp_path, vocab):
     path = write_model(tmp_path / "m.gguf", arch="llama", wtype="Q8_0", vocab=vocab)
