@@ -996,7 +996,10 @@ void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows,
         cuda::launch_embed(qmatrix(table), d_next_, 1, out.f32(), d_next_ + 1, d_pos_, enq());
         return;
     }
-    if (record(sig)) return;
+    // The staging above is a recorded step's only input: an embed later in such a step would be
+    // replayed reading ids from the host that no replay writes.
+    if (mode_ != Mode::Eager) throw Error("cuda backend: a recorded decode step has one embed, its first op");
+    record(sig);
     ensure_ids(rows);
     wait_host_staging();
     std::memcpy(h_ids_, ids, sizeof(int32_t) * rows);
