@@ -146,15 +146,8 @@ void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, s
     MN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
-// Host helpers shared by the backend and the decode-step kernel's host side.
+// Host helper shared by the backend and the decode-step kernel's host side.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-// FNV-1a over n bytes, continuing from h.
-constexpr uint64_t kFnvOffset = 1469598103934665603ull;
-inline uint64_t fnv1a(const void* data, size_t n, uint64_t h = kFnvOffset) {
-    const uint8_t* b = static_cast<const uint8_t*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
 
 // Per activation row, the power of two that brings its largest magnitude to about 2^10: fp16
 // then neither overflows (activations of real models reach the thousands, and random test

@@ -304,9 +304,8 @@ private:
     // A recording begins at the step's embed, after the copy of its input (which must not be
     // part of the graph: a step run ahead gets its input from the device).
     bool capture_pending_ = false;
-    // A replayed graph is launched at the step's embed, as soon as its input is staged, so the
-    // device runs it while the host checks the rest of the step's ops against the recording.
-    bool graph_launched_ = false;
+    // A replayed graph is launched at the step's embed (its first op), as soon as its input is
+    // staged, so the device runs it while the host checks the rest of the step's ops.
     void launch_graph();
 };
 
@@ -714,7 +713,6 @@ void CudaBackend::begin_step(int rows, int pos0, bool replayable) {
     flush();
     step_open_ = true;
     graph_done_this_step_ = false;
-    graph_launched_ = false;
     ops_after_graph_ = false;
     step_pos_ = pos0;
     const bool graphable = graphs_enabled_ && replayable && rows == 1;
@@ -766,8 +764,7 @@ void CudaBackend::finish_graph_part() {
             drop_graph();
             throw Error("cuda backend: a decode step ended before the recorded CUDA graph did");
         }
-        if (!graph_launched_) launch_graph();
-        graph_done_this_step_ = true;
+        graph_done_this_step_ = true;  // launched by its embed
     }
 }
 
@@ -775,7 +772,6 @@ void CudaBackend::launch_graph() {
     MN_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
     ++graph_replays_;
     staging_in_use_ = true;
-    graph_launched_ = true;
 }
 
 void CudaBackend::end_step() {
@@ -890,7 +886,7 @@ void CudaBackend::launch_topk_half(const float* x, int64_t n, int k, bool lse, i
     int32_t* d_ids = h_topk_dev_ + half * kTopkResultWords;
     float* d_vals = reinterpret_cast<float*>(d_ids + 64);
     cuda::launch_topk(x, n, k, d_topk_scratch_, d_ids, d_vals, lse ? d_vals + 64 : nullptr, next ? d_next_ : nullptr,
-                      d_pos_, 1, pdl_, enq());
+                      d_pos_, pdl_, enq());
     MN_CUDA_CHECK(cudaEventRecord(topk_done_[half], stream_));
 }
 
@@ -976,7 +972,7 @@ void CudaBackend::synchronize() {
 
 void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows, Buffer& out) {
     const Sig sig = Sig().add(1).add(table.device).add(uint64_t(rows)).add(out.data);
-    if (capture_pending_ || (mode_ == Mode::Replay && replay_index_ == 0 && rows == 1)) {
+    if (capture_pending_ || (mode_ == Mode::Replay && replay_index_ == 0)) {
         // A recorded step's input: one copy outside the graph (a step run ahead gets it from
         // the top-k kernel instead), then the graph, or the recording, from this embed on.
         wait_host_staging();  // the copy before may still read h_next_

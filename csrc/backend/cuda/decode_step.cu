@@ -43,6 +43,14 @@ constexpr int kStepWarps = kStepThreads / 32;
 // attention item's floats.
 constexpr int kWorkBytes = 48 << 10;
 
+// FNV-1a over n bytes: the key under which a run's phase table is found again.
+uint64_t fnv1a(const void* data, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(data);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
 enum PhaseKind : int { kMatvec = 0, kAttention = 1 };
 
 struct alignas(16) StepPhase {

@@ -138,10 +138,9 @@ struct TopkArgs {
     int32_t* ids;  // [k] results
     float* vals;
     float* lse;  // null: not wanted
-    // Optional: the next decode step's input, {top-1 id, *pos + advance}, for a step run ahead.
+    // Optional: the next one-row decode step's input, {top-1 id, *pos + 1}, for a step run ahead.
     int* next;
     const int* pos;
-    int advance;
 };
 __device__ __forceinline__ bool better(const Cand& a, const Cand& b) {
     return a.v > b.v || (a.v == b.v && a.i < b.i);
@@ -270,7 +269,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(TopkArgs a) {
         *a.counter = 0;  // ready for the next launch
         if (a.next) {
             a.next[0] = oi[0];
-            a.next[1] = *a.pos + a.advance;
+            a.next[1] = *a.pos + 1;
         }
     }
 }
@@ -327,7 +326,7 @@ size_t topk_scratch_bytes(int64_t n, int k) {
 }
 
 void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
-                 int* next, const int* pos, int advance, bool pdl, cudaStream_t stream) {
+                 int* next, const int* pos, bool pdl, cudaStream_t stream) {
     if (k < 1 || k > 64) throw InvalidArgument("top_k must be in [1, 64], got " + std::to_string(k));
     TopkArgs a;
     a.x = x;
@@ -348,7 +347,6 @@ void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_o
     a.lse = lse_out;
     a.next = next;
     a.pos = pos;
-    a.advance = advance;
     launch_kernel(pdl, topk_kernel, dim3(kTopkBlocks), dim3(kTopkThreads), smem, stream, a);
     MN_CUDA_CHECK_LAUNCH("topk_kernel");
 }

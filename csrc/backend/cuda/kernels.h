@@ -239,10 +239,10 @@ void launch_attention_prefill(const AttentionArgs& a, cudaStream_t stream);
 // ---- top-k (elementwise.cu): the k largest of x[0..n) with their indices, descending, and,
 // unless lse_out is null, log(sum(exp(x))) of the whole row into *lse_out. The outputs may be
 // pinned host memory. scratch (topk_scratch_bytes) must be zeroed before its first use. With
-// `next`, also writes {the top-1 id, *pos + advance} there: the input of a decode step launched
-// before the host has seen this one's result (greedy run-ahead, cuda_backend.cu). ----
+// `next`, also writes {the top-1 id, *pos + 1} there: the input of the next one-row decode step,
+// launched before the host has seen this one's result (greedy run-ahead, cuda_backend.cu). ----
 size_t topk_scratch_bytes(int64_t n, int k);
 void launch_topk(const float* x, int64_t n, int k, void* scratch, int32_t* ids_out, float* vals_out, float* lse_out,
-                 int* next, const int* pos, int advance, bool pdl, cudaStream_t stream);
+                 int* next, const int* pos, bool pdl, cudaStream_t stream);
 
 }  // namespace mn::cuda
