@@ -7,6 +7,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/matvec_q8.cuh"
 
 namespace mn::cuda::attn {
 
@@ -57,7 +58,8 @@ __device__ __forceinline__ float2 block_softmax_numerators(float* sc, int len, f
 // of a block of at least 32 threads (live <= 32). The records are read through L2 (__ldcg): other
 // SMs wrote them. The chunks' maxima and sums are loaded once, in parallel, and their weights
 // e^(m_c - M) computed once, not per output dimension.
-__device__ __forceinline__ void combine_chunks(const float* part, int live, int hd, float* __restrict__ out) {
+__device__ __forceinline__ void combine_chunks(const float* part, int live, int hd, float* __restrict__ out,
+                                               float* out_shared) {
     __shared__ float sw[32], sl[32];
     __shared__ float s_den;
     if (threadIdx.x < live) {
@@ -83,6 +85,7 @@ __device__ __forceinline__ void combine_chunks(const float* part, int live, int 
 #pragma unroll 8
         for (int c = 0; c < live; ++c) num += sw[c] * __ldcg(part + c * (hd + 2) + d);
         out[d] = num / den;
+        if (out_shared) out_shared[d] = num / den;
     }
 }
 
@@ -163,10 +166,74 @@ struct DecodeArgs {
     float* part;
     int* counters;
     float* out;
+    // The o projection folded in (AttentionArgs::o_w; the kernel's OT is its type, F32: none).
+    // No member initializers (the decode-step kernel keeps these arguments in shared memory);
+    // make_decode_args sets every field.
+    const uint8_t* ow;
+    size_t o_row_bytes;
+    int o_n;       // output rows
+    int o_seg;     // bytes of one head's columns in a row: hd / 32 blocks
+    int o_slot;    // bytes per staged row: o_seg from a 4-byte aligned start, rounded up to 4
+    int o_rows;    // rows per block (replica)
+    int replicas;  // one-chunk steps: blocks per head (1 without a fold), each folding o_rows rows
+    int o_smem;    // byte offset of the fold's shared memory (16-aligned)
+    float* o_part;
 #ifdef MN_CUDA_TRACE
     TraceSink trace;
 #endif
 };
+
+// The fold's shared memory after the attention's floats: the head's output quantized (256 int8
+// codes, 8 block scales), then the staged weight rows (o_slot bytes each, 16 spare for load_a2).
+constexpr int kFoldQ8Bytes = 256 + 8 * int(sizeof(float2));
+inline size_t fold_smem_bytes(int rows, int slot) { return kFoldQ8Bytes + size_t(rows) * slot + 16; }
+
+// The folded o projection for one head: so[hd] (shared; the head's attention output) is quantized
+// to 8-bit blocks of 32 exactly as quantize_row_to_shared quantizes a matvec's input, then rows
+// [r0, r1) of the head's columns of o are multiplied by it into o_part[h][r] (a thread per row:
+// hd / 32 units each). SH: the rows were staged at `stage` (row r at stage + (r - r0) * o_slot,
+// shifted by the row's start modulo 4); else they are read from global memory.
+template <TensorType OT, int THREADS, bool SH>
+__device__ __forceinline__ void fold_o(const DecodeArgs& a, int h, const float* so, int r0, int r1,
+                                       uint8_t* fold) {
+    int8_t* qs = reinterpret_cast<int8_t*>(fold);
+    float2* ds = reinterpret_cast<float2*>(fold + 256);
+    const uint8_t* stage = fold + kFoldQ8Bytes;
+    __syncthreads();  // so[] written by the block (and the staged rows landed: the caller's wait)
+    const int nb = a.hd / 32, lane = threadIdx.x & 31;
+    for (int b = threadIdx.x >> 5; b < nb; b += THREADS / 32) {
+        const float v = so[32 * b + lane];
+        float amax = fabsf(v);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float d = amax / 127.0f;
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const int q = __float2int_rn(v * id);
+        const int qsum = __reduce_add_sync(0xffffffffu, q);
+        qs[32 * b + lane] = int8_t(q);
+        if (lane == 0) ds[b] = make_float2(d, d * float(qsum));
+    }
+    __syncthreads();
+    const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
+    for (int r = r0 + int(threadIdx.x); r < r1; r += THREADS) {
+        const uint8_t* g = wh + size_t(r) * a.o_row_bytes;
+        const uint8_t* row = SH ? stage + size_t(r - r0) * a.o_slot + (reinterpret_cast<uintptr_t>(g) & 3) : g;
+        float acc = 0.0f;
+        for (int b = 0; b < nb; ++b) {
+            q8::UnitRaw raw;
+            q8::unit_load<OT, SH>(row, b, raw);
+            int av[16];
+            const int4* pa = reinterpret_cast<const int4*>(qs + 32 * b);
+            const int4 x0 = pa[0], x1 = pa[1];
+            av[0] = x0.x; av[1] = x0.y; av[2] = x0.z; av[3] = x0.w; av[4] = x1.x; av[5] = x1.y; av[6] = x1.z; av[7] = x1.w;
+#pragma unroll
+            for (int i = 8; i < 16; ++i) av[i] = 0;
+            const float2 da = ds[b];
+            acc += q8::unit_dot<OT>(raw, b, av, da, da);
+        }
+        a.o_part[size_t(h) * a.o_n + r] = acc;
+    }
+}
 
 // Calls f(tag) with tag::value the dimensions per lane (DPL) that the split and decode kernels
 // are compiled for, the fewest that cover a head of hd dimensions (hd <= 256).
@@ -189,9 +256,16 @@ constexpr int decode_smem_floats(int threads, int hd, int keys_cap) { return (3 
 // pdl_wait() a block reads only the position (copied before the step's first kernel) and asks L2
 // for its chunk's cached keys and values (written by earlier steps), so those DRAM trips overlap
 // the q/k/v matvec's tail. Without it (the decode-step kernel), the caller orders the reads.
-template <typename T, int DPL, int THREADS, bool PDL>
+//
+// Folded o projection (OT != F32, attention_o_foldable): a one-chunk step runs `replicas` blocks
+// per head (s = the replica), each computing the whole head (the extra blocks cost no time: they
+// run side by side) and then its share of o's rows, staged into shared memory before the wait.
+// A step of several chunks folds all rows in the block that combines them, from global memory
+// (the rows prefetched to L2 by the head's chunks).
+template <typename T, int DPL, int THREADS, bool PDL, TensorType OT = TensorType::F32>
 __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int h, float* smem) {
     MN_TRACE_BEGIN;
+    constexpr bool kFold = OT != TensorType::F32;
     const int pos = *a.pos0;
     const int n_keys = pos + 1;
     // The step's chunk length from its position: one chunk while the keys fit `single` (a
@@ -199,13 +273,39 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     // a counter and a second read of the partials, ~3 us of a 0.5B layer); beyond it, the keys
     // spread over all n_splits blocks of the head (a long context's walk is then short per
     // block: at 1,000-4,000 keys, 256-key chunks decoded 10-15% slower than 32-128-key ones).
-    const int chunk = n_keys <= a.single
-                          ? a.single
-                          : max(kAttnSplit, (((n_keys + a.n_splits - 1) / a.n_splits) + 31) / 32 * 32);
+    const bool one_chunk = n_keys <= a.single;
+    const int chunk = one_chunk ? a.single : max(kAttnSplit, (((n_keys + a.n_splits - 1) / a.n_splits) + 31) / 32 * 32);
+    const int replica = one_chunk ? s : 0;
+    if (one_chunk) s = 0;
     const int start = s * chunk;
-    if (start >= n_keys) {  // not counted: the combine counts live chunks only
+    if (start >= n_keys || replica >= a.replicas) {  // not counted: the combine counts live chunks only
         if constexpr (PDL) pdl_wait();
         return;
+    }
+    uint8_t* fold = reinterpret_cast<uint8_t*>(smem) + a.o_smem;
+    int o_r0 = 0, o_r1 = 0;
+    if constexpr (kFold) {
+        const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
+        if (one_chunk) {
+            // This replica's rows of the head's columns of o, 4 bytes at a time from each row's
+            // segment rounded out to 4-byte boundaries (the blocks are 2-byte aligned).
+            o_r0 = min(a.o_n, replica * a.o_rows);
+            o_r1 = min(a.o_n, o_r0 + a.o_rows);
+            const int words = a.o_slot / 4;
+            uint8_t* stage = fold + kFoldQ8Bytes;
+            for (int i = threadIdx.x; i < (o_r1 - o_r0) * words; i += THREADS) {
+                const int r = i / words, w = i - r * words;
+                const uintptr_t g = reinterpret_cast<uintptr_t>(wh + size_t(o_r0 + r) * a.o_row_bytes) & ~uintptr_t(3);
+                cp_async4(smem_u32(stage + r * a.o_slot + 4 * w), reinterpret_cast<const void*>(g + 4 * w));
+            }
+            cp_async_commit();
+        } else {
+            const int live = (n_keys + chunk - 1) / chunk;
+            for (int r = s + live * int(threadIdx.x); r < a.o_n; r += live * THREADS) {
+                prefetch_l2(wh + size_t(r) * a.o_row_bytes);
+                prefetch_l2(wh + size_t(r) * a.o_row_bytes + a.o_seg - 1);
+            }
+        }
     }
     const int len = min(chunk, n_keys - start);
     const int hd = a.hd, half = hd / 2;
@@ -239,7 +339,7 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     const float* qr = a.q + size_t(h) * hd;
     const float* kr = a.k + size_t(kvh) * hd;
     const float* vr = a.v + size_t(kvh) * hd;
-    const bool store = has_new && h % group == 0;
+    const bool store = has_new && h % group == 0 && replica == 0;
     const size_t new_at = (size_t(kvh) * a.n_ctx + pos) * hd;
     if (int(threadIdx.x) < half) {  // hd <= 256 (attention_decode_fused): a pair per thread
         const int i = threadIdx.x;
@@ -331,7 +431,13 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
             float t = 0.0f;
 #pragma unroll
             for (int sl = 0; sl < kSlices; ++sl) t += sred[sl * hd + d];
-            orow[d] = t / sum;
+            if (replica == 0) orow[d] = t / sum;
+            if constexpr (kFold) sq[d] = t / sum;  // q is no longer read
+        }
+        if constexpr (kFold) {
+            cp_async_wait_all();
+            if (one_chunk) fold_o<OT, THREADS, true>(a, h, sq, o_r0, o_r1, fold);
+            else fold_o<OT, THREADS, false>(a, h, sq, 0, a.o_n, fold);  // one chunk of a split plan: none staged
         }
         MN_TRACE_END(a.trace, 3, a.kc, 4);
         return;
@@ -359,8 +465,9 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     }
     MN_TRACE(4);
     __threadfence();
-    combine_chunks(head_part, live, hd, orow);
+    combine_chunks(head_part, live, hd, orow, kFold ? sq : nullptr);
     if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
+    if constexpr (kFold) fold_o<OT, THREADS, false>(a, h, sq, 0, a.o_n, fold);
     MN_TRACE_END(a.trace, 3, a.kc, 5);
 }
 

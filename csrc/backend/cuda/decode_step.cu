@@ -343,9 +343,10 @@ bool DecodeStep::takes_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8
     if (sms_ <= 0 || !src.x || K % 32 != 0 || K > kQ8MaxK) return false;
     if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kWorkBytes)) return false;
     if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
+    if (src.n_parts) return false;  // a folded o projection's partials: the ordinary kernels take them
     size_t bytes = 0;
     for (int j = 0; j < n_jobs; ++j) {
-        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K) return false;
+        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K || jobs[j].n_residual_parts) return false;
         bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
     }
     return bytes <= max_phase_bytes_;

@@ -46,7 +46,9 @@ __device__ __forceinline__ float warp_max_f(float v) {
 __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float* __restrict__ x, int K,
                                                                     const float* __restrict__ nw, float eps,
                                                                     float* __restrict__ norm_out,
-                                                                    int8_t* __restrict__ qs, float2* __restrict__ ds) {
+                                                                    int8_t* __restrict__ qs, float2* __restrict__ ds,
+                                                                    const float* __restrict__ parts, int n_parts,
+                                                                    float* __restrict__ parts_sum) {
     pdl_launch_dependents();
     pdl_wait();  // launched as a programmatic dependent: x comes from the kernel before
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -54,7 +56,11 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
     if (nw) {
         // Every block sums the squares of the whole row (a few KB from L2) instead of a second launch.
         double ss = 0.0;
-        for (int i = threadIdx.x; i < K; i += kQuantThreads) ss += double(x[i]) * x[i];
+        for (int i = threadIdx.x; i < K; i += kQuantThreads) {
+            float v = x[i];
+            for (int h = 0; h < n_parts; ++h) v += parts[size_t(h) * K + i];
+            ss += double(v) * v;
+        }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         __shared__ double part[kQuantThreads / 32];
@@ -69,6 +75,15 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
     const int i = blockIdx.x * kQuantThreads + threadIdx.x;
     if (i >= K) return;  // K is a multiple of 32: whole warps leave
     float v = x[i];
+    if (n_parts) {  // a folded o projection's partials, summed as Q8Source::parts says
+        float t = 0.0f;
+        for (int h = 0; h < n_parts; ++h) {
+            const float p = parts[size_t(h) * K + i];
+            v += p;
+            t += p;
+        }
+        if (parts_sum) parts_sum[i] = t;  // each block writes its own slice of the row
+    }
     if (nw) {
         v = v * inv * nw[i];
         if (norm_out) norm_out[i] = v;
@@ -218,10 +233,10 @@ bool matvec_q8_supported(TensorType t) {
 }
 
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
-                        bool pdl, cudaStream_t stream) {
+                        const float* parts, int n_parts, float* parts_sum, bool pdl, cudaStream_t stream) {
     if (K < 32 || K % 32 != 0) throw Error("cuda quantize_q8: K must be a positive multiple of 32, got " + std::to_string(K));
     launch_kernel(pdl, quantize_q8_kernel, dim3((K + kQuantThreads - 1) / kQuantThreads), dim3(kQuantThreads), 0,
-                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
+                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds, parts, n_parts, parts_sum);
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 

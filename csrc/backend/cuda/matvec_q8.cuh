@@ -301,6 +301,19 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
     return float(1.0 / sqrt(t / K + double(eps)));
 }
 
+// Adds the partials of a folded o projection (Q8Source::parts) to the 4 values of the row at i,
+// part by part in order; `sum` (when set) gets the partials' sum alone.
+template <bool COHERENT>
+__device__ __forceinline__ void add_parts4(const Q8Source& src, int K, int i, float v[4], float* sum) {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int h = 0; h < src.n_parts; ++h) {
+        const float4 p = ldx<COHERENT>(src.parts + size_t(h) * K + i);
+        v[0] += p.x; v[1] += p.y; v[2] += p.z; v[3] += p.w;
+        t[0] += p.x; t[1] += p.y; t[2] += p.z; t[3] += p.w;
+    }
+    if (sum) *reinterpret_cast<float4*>(sum + i) = make_float4(t[0], t[1], t[2], t[3]);
+}
+
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
 // 32 (8 values per lane, two 16-byte loads), kTrips groups per thread per round trip to L2.
@@ -321,8 +334,10 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
     if (src.norm_weight && !one_pass) {
         double ss = 0.0;
         for (int i = 4 * tid; i < K; i += 4 * THREADS) {
-            const float4 v = ldx<COHERENT>(src.x + i);
-            ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+            const float4 x4 = ldx<COHERENT>(src.x + i);
+            float v[4] = {x4.x, x4.y, x4.z, x4.w};
+            if (src.n_parts) add_parts4<COHERENT>(src, K, i, v, nullptr);
+            ss += double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2] + double(v[3]) * v[3];
         }
         inv = block_inv_rms<THREADS>(ss, K, src.eps);
     }
@@ -336,6 +351,11 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
                 const float4 a = ldx<COHERENT>(src.x + i), b = ldx<COHERENT>(src.x + i + 4);
                 v[t][0] = a.x; v[t][1] = a.y; v[t][2] = a.z; v[t][3] = a.w;
                 v[t][4] = b.x; v[t][5] = b.y; v[t][6] = b.z; v[t][7] = b.w;
+                if (src.n_parts) {
+                    float* sum = blockIdx.x == 0 ? src.parts_sum : nullptr;
+                    add_parts4<COHERENT>(src, K, i, v[t], sum);
+                    add_parts4<COHERENT>(src, K, i + 4, v[t] + 4, sum);
+                }
             }
         }
         if (src.norm_weight && one_pass) {  // one trip of the loop: every thread is here
@@ -440,7 +460,11 @@ __device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, co
         if (n >= job.w.N) break;
         const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
         job.out[n] = v;
-        if (job.residual) job.residual[n] += v;
+        if (job.residual) {
+            float x = job.residual[n];
+            for (int h = 0; h < job.n_residual_parts; ++h) x += job.residual_parts[size_t(h) * job.w.N + n];
+            job.residual[n] = x + v;
+        }
     }
 }
 
