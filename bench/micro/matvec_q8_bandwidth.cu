@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
             printf("%-24s %9.1f %9.1f %8.0f %7.0f%% %7.0f%%  %s\n", pr.name, bytes / 1e6, us, gbs,
                    100 * gbs / copy_gbs, 100 * gbs / read_gbs, variant);
         };
-        launch_quantize_q8(x, pr.K, nw, 1e-6f, nullptr, q8, nullptr, 0, nullptr, false, s);
+        launch_quantize_q8(x, pr.K, nw, 1e-6f, nullptr, q8, false, s);
         Q8Source pre;
         pre.pre = q8;
         // in_kernel: the input row quantized (with an rms_norm) by every block of the matvec.
@@ -192,7 +192,7 @@ int main(int argc, char** argv) {
                 for (int r = 0; r < reps; ++r) {
                     MatvecJob jobs[kMaxMatvecJobs];
                     const int n = jobs_for(r % copies, jobs);
-                    if (quantize_launch) launch_quantize_q8(x, pr.K, nw, 1e-6f, nullptr, q8, nullptr, 0, nullptr, true, s);
+                    if (quantize_launch) launch_quantize_q8(x, pr.K, nw, 1e-6f, nullptr, q8, true, s);
                     Q8Source src = pre;
                     if (in_kernel) {
                         src = Q8Source{};

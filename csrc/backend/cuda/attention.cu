@@ -385,18 +385,8 @@ DecodeKernel<__half> fold_kernel_for(int hd, TensorType t) {
     }
 }
 
-// Bytes of one head's columns in an o row (hd / 32 blocks), and of its staged copy: from the
-// segment's start rounded down to 4 bytes, rounded up to 4 (cp.async moves 4-byte words).
+// Bytes of one head's columns in an o row (hd / 32 blocks).
 int fold_seg(const QMatrix& w, int hd) { return int(w.row_bytes / size_t(w.K / 32)) * (hd / 32); }
-int fold_slot(int seg) { return (seg + 2 + 3) & ~3; }
-
-// Rows of o per block: the asked-for count, halved until the staged rows fit 16 KB.
-int fold_rows(const QMatrix& w, int hd, int rows_per_block) {
-    const int slot = fold_slot(fold_seg(w, hd));
-    int rows = std::max(1, rows_per_block);
-    while (rows > 1 && size_t(rows) * slot > (size_t(16) << 10)) rows /= 2;
-    return rows;
-}
 
 }  // namespace
 
@@ -425,8 +415,7 @@ DecodeArgs make_decode_args(const AttentionArgs& a, int threads) {
         d.o_row_bytes = a.o_w.row_bytes;
         d.o_n = a.o_w.N;
         d.o_seg = fold_seg(a.o_w, a.head_dim);
-        d.o_slot = fold_slot(d.o_seg);
-        d.o_rows = fold_rows(a.o_w, a.head_dim, a.o_rows_per_block);
+        d.o_rows = std::max(1, a.o_rows_per_block);
         d.replicas = (d.o_n + d.o_rows - 1) / d.o_rows;
         d.o_part = a.o_part;
     }
@@ -435,7 +424,7 @@ DecodeArgs make_decode_args(const AttentionArgs& a, int threads) {
 
 // The decode kernel's dynamic shared memory for d.
 size_t decode_smem(const DecodeArgs& d) {
-    return size_t(d.o_smem) + (d.ow ? fold_smem_bytes(d.o_rows, d.o_slot) : 0);
+    return size_t(d.o_smem) + (d.ow ? kFoldSmemBytes : 0);
 }
 
 }  // namespace attn
@@ -445,9 +434,9 @@ bool attention_o_foldable(const QMatrix& w, int n_heads, int head_dim, int rows_
     if (!type_ok || !w.data || head_dim % 32 != 0 || head_dim > 256 || w.K != n_heads * head_dim || w.N < 1 ||
         w.N % 4 != 0 || w.row_bytes % 2 != 0 || reinterpret_cast<uintptr_t>(w.data) % 4 != 0)
         return false;
-    const int rows = fold_rows(w, head_dim, rows_per_block);
+    // The heads' partials are summed by lanes of a warp (matvec_q8.cuh, group_pass): at most 16.
     // The replicas are the grid's width (with the split plan's up to 32 chunks).
-    return (w.N + rows - 1) / rows <= 64;
+    return n_heads <= kMaxFoldParts && (w.N + std::max(1, rows_per_block) - 1) / std::max(1, rows_per_block) <= 64;
 }
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {

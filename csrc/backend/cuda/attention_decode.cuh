@@ -173,7 +173,6 @@ struct DecodeArgs {
     size_t o_row_bytes;
     int o_n;       // output rows
     int o_seg;     // bytes of one head's columns in a row: hd / 32 blocks
-    int o_slot;    // bytes per staged row: o_seg from a 4-byte aligned start, rounded up to 4
     int o_rows;    // rows per block (replica)
     int replicas;  // one-chunk steps: blocks per head (1 without a fold), each folding o_rows rows
     int o_smem;    // byte offset of the fold's shared memory (16-aligned)
@@ -184,22 +183,19 @@ struct DecodeArgs {
 };
 
 // The fold's shared memory after the attention's floats: the head's output quantized (256 int8
-// codes, 8 block scales), then the staged weight rows (o_slot bytes each, 16 spare for load_a2).
-constexpr int kFoldQ8Bytes = 256 + 8 * int(sizeof(float2));
-inline size_t fold_smem_bytes(int rows, int slot) { return kFoldQ8Bytes + size_t(rows) * slot + 16; }
+// codes, 8 block scales).
+constexpr int kFoldSmemBytes = 256 + 8 * int(sizeof(float2));
 
 // The folded o projection for one head: so[hd] (shared; the head's attention output) is quantized
 // to 8-bit blocks of 32 exactly as quantize_row_to_shared quantizes a matvec's input, then rows
-// [r0, r1) of the head's columns of o are multiplied by it into o_part[h][r] (a thread per row:
-// hd / 32 units each). SH: the rows were staged at `stage` (row r at stage + (r - r0) * o_slot,
-// shifted by the row's start modulo 4); else they are read from global memory.
-template <TensorType OT, int THREADS, bool SH>
+// [r0, r1) of the head's columns of o (asked of L2 before the wait) are multiplied by it into
+// o_part[h][r]: a thread per row, the row's hd / 32 units loaded before any is used.
+template <TensorType OT, int THREADS>
 __device__ __forceinline__ void fold_o(const DecodeArgs& a, int h, const float* so, int r0, int r1,
                                        uint8_t* fold) {
     int8_t* qs = reinterpret_cast<int8_t*>(fold);
     float2* ds = reinterpret_cast<float2*>(fold + 256);
-    const uint8_t* stage = fold + kFoldQ8Bytes;
-    __syncthreads();  // so[] written by the block (and the staged rows landed: the caller's wait)
+    __syncthreads();  // so[] written by the block
     const int nb = a.hd / 32, lane = threadIdx.x & 31;
     for (int b = threadIdx.x >> 5; b < nb; b += THREADS / 32) {
         const float v = so[32 * b + lane];
@@ -214,22 +210,29 @@ __device__ __forceinline__ void fold_o(const DecodeArgs& a, int h, const float* 
         if (lane == 0) ds[b] = make_float2(d, d * float(qsum));
     }
     __syncthreads();
+    constexpr int kUnits = 4;  // loads in flight: 4 units (a 128-wide head) per trip
     const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
     for (int r = r0 + int(threadIdx.x); r < r1; r += THREADS) {
-        const uint8_t* g = wh + size_t(r) * a.o_row_bytes;
-        const uint8_t* row = SH ? stage + size_t(r - r0) * a.o_slot + (reinterpret_cast<uintptr_t>(g) & 3) : g;
+        const uint8_t* row = wh + size_t(r) * a.o_row_bytes;
         float acc = 0.0f;
-        for (int b = 0; b < nb; ++b) {
-            q8::UnitRaw raw;
-            q8::unit_load<OT, SH>(row, b, raw);
-            int av[16];
-            const int4* pa = reinterpret_cast<const int4*>(qs + 32 * b);
-            const int4 x0 = pa[0], x1 = pa[1];
-            av[0] = x0.x; av[1] = x0.y; av[2] = x0.z; av[3] = x0.w; av[4] = x1.x; av[5] = x1.y; av[6] = x1.z; av[7] = x1.w;
+        for (int b0 = 0; b0 < nb; b0 += kUnits) {
+            q8::UnitRaw raw[kUnits];
 #pragma unroll
-            for (int i = 8; i < 16; ++i) av[i] = 0;
-            const float2 da = ds[b];
-            acc += q8::unit_dot<OT>(raw, b, av, da, da);
+            for (int u = 0; u < kUnits; ++u)
+                if (b0 + u < nb) q8::unit_load<OT, false>(row, b0 + u, raw[u]);
+#pragma unroll
+            for (int u = 0; u < kUnits; ++u) {
+                if (b0 + u >= nb) break;
+                const int b = b0 + u;
+                int av[16];
+                const int4* pa = reinterpret_cast<const int4*>(qs + 32 * b);
+                const int4 x0 = pa[0], x1 = pa[1];
+                av[0] = x0.x; av[1] = x0.y; av[2] = x0.z; av[3] = x0.w; av[4] = x1.x; av[5] = x1.y; av[6] = x1.z; av[7] = x1.w;
+#pragma unroll
+                for (int i = 8; i < 16; ++i) av[i] = 0;
+                const float2 da = ds[b];
+                acc += q8::unit_dot<OT>(raw[u], b, av, da, da);
+            }
         }
         a.o_part[size_t(h) * a.o_n + r] = acc;
     }
@@ -259,9 +262,9 @@ constexpr int decode_smem_floats(int threads, int hd, int keys_cap) { return (3 
 //
 // Folded o projection (OT != F32, attention_o_foldable): a one-chunk step runs `replicas` blocks
 // per head (s = the replica), each computing the whole head (the extra blocks cost no time: they
-// run side by side) and then its share of o's rows, staged into shared memory before the wait.
-// A step of several chunks folds all rows in the block that combines them, from global memory
-// (the rows prefetched to L2 by the head's chunks).
+// run side by side) and then its share of o's rows. A step of several chunks folds all rows in
+// the block that combines them. (Staging the rows into shared memory with cp.async before the
+// wait was slower, H100: the copies delayed the blocks' q, k, v loads by ~2 us.)
 template <typename T, int DPL, int THREADS, bool PDL, TensorType OT = TensorType::F32>
 __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int h, float* smem) {
     MN_TRACE_BEGIN;
@@ -282,31 +285,6 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
         if constexpr (PDL) pdl_wait();
         return;
     }
-    uint8_t* fold = reinterpret_cast<uint8_t*>(smem) + a.o_smem;
-    int o_r0 = 0, o_r1 = 0;
-    if constexpr (kFold) {
-        const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
-        if (one_chunk) {
-            // This replica's rows of the head's columns of o, 4 bytes at a time from each row's
-            // segment rounded out to 4-byte boundaries (the blocks are 2-byte aligned).
-            o_r0 = min(a.o_n, replica * a.o_rows);
-            o_r1 = min(a.o_n, o_r0 + a.o_rows);
-            const int words = a.o_slot / 4;
-            uint8_t* stage = fold + kFoldQ8Bytes;
-            for (int i = threadIdx.x; i < (o_r1 - o_r0) * words; i += THREADS) {
-                const int r = i / words, w = i - r * words;
-                const uintptr_t g = reinterpret_cast<uintptr_t>(wh + size_t(o_r0 + r) * a.o_row_bytes) & ~uintptr_t(3);
-                cp_async4(smem_u32(stage + r * a.o_slot + 4 * w), reinterpret_cast<const void*>(g + 4 * w));
-            }
-            cp_async_commit();
-        } else {
-            const int live = (n_keys + chunk - 1) / chunk;
-            for (int r = s + live * int(threadIdx.x); r < a.o_n; r += live * THREADS) {
-                prefetch_l2(wh + size_t(r) * a.o_row_bytes);
-                prefetch_l2(wh + size_t(r) * a.o_row_bytes + a.o_seg - 1);
-            }
-        }
-    }
     const int len = min(chunk, n_keys - start);
     const int hd = a.hd, half = hd / 2;
     const int group = a.n_heads / a.n_kv_heads;
@@ -319,6 +297,27 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
         for (int off = 128 * threadIdx.x; off < bytes; off += 128 * THREADS) {
             prefetch_l2(static_cast<const uint8_t*>(a.kc) + row0 + off);
             prefetch_l2(static_cast<const uint8_t*>(a.vc) + row0 + off);
+        }
+    }
+    uint8_t* fold = reinterpret_cast<uint8_t*>(smem) + a.o_smem;
+    int o_r0 = 0, o_r1 = 0;
+    if constexpr (kFold) {
+        // This block's rows of the head's columns of o, asked of L2 (one chunk: the replica's
+        // rows; several: the head's rows shared among its chunks, for the block that combines).
+        const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
+        int first = 0, stride = 1;
+        if (one_chunk) {
+            o_r0 = min(a.o_n, replica * a.o_rows);
+            o_r1 = min(a.o_n, o_r0 + a.o_rows);
+            first = o_r0;
+        } else {
+            o_r1 = a.o_n;
+            stride = (n_keys + chunk - 1) / chunk;  // the live chunks
+            first = s;
+        }
+        for (int r = first + stride * int(threadIdx.x); r < o_r1; r += stride * THREADS) {
+            prefetch_l2(wh + size_t(r) * a.o_row_bytes);
+            prefetch_l2(wh + size_t(r) * a.o_row_bytes + a.o_seg - 1);
         }
     }
     // The rotation of this thread's dimension pair (the position is known before the wait and
@@ -434,11 +433,7 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
             if (replica == 0) orow[d] = t / sum;
             if constexpr (kFold) sq[d] = t / sum;  // q is no longer read
         }
-        if constexpr (kFold) {
-            cp_async_wait_all();
-            if (one_chunk) fold_o<OT, THREADS, true>(a, h, sq, o_r0, o_r1, fold);
-            else fold_o<OT, THREADS, false>(a, h, sq, 0, a.o_n, fold);  // one chunk of a split plan: none staged
-        }
+        if constexpr (kFold) fold_o<OT, THREADS>(a, h, sq, one_chunk ? o_r0 : 0, one_chunk ? o_r1 : a.o_n, fold);
         MN_TRACE_END(a.trace, 3, a.kc, 4);
         return;
     }
@@ -467,7 +462,7 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     __threadfence();
     combine_chunks(head_part, live, hd, orow, kFold ? sq : nullptr);
     if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
-    if constexpr (kFold) fold_o<OT, THREADS, false>(a, h, sq, 0, a.o_n, fold);
+    if constexpr (kFold) fold_o<OT, THREADS>(a, h, sq, 0, a.o_n, fold);
     MN_TRACE_END(a.trace, 3, a.kc, 5);
 }
 

@@ -266,6 +266,9 @@ private:
     // One-row matmuls of the integer-dot types (the pending norm fused into them). False (nothing
     // launched) when a job's type or the width does not allow it (q8_takes).
     bool q8_takes(const PendingMatmul& mm) const;
+    // Whether flush_q8 would give this product (its rms_norm fused) an input that lacks a fold's
+    // partials (cuda::matvec_q8_takes_parts).
+    bool q8_input_takes_parts(const PendingMatmul& mm) const;
     bool flush_q8(const PendingMatmul& mm, bool fuse_norm);
     // A one-row integer matvec with the ordinary kernels: the input quantized in the kernel where
     // that pays, else by a quantize launch first.
@@ -585,7 +588,22 @@ namespace {
 // and tg128 ran at 383 tok/s with every product quantized apart vs 367 with the 7.2 MB ones in
 // the kernel; the 0.5B's products, 1-6 MB, gained from it: 1152 vs 1125 tok/s).
 constexpr size_t kQ8InKernelMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
+
+size_t weight_bytes(const cuda::MatvecJob* jobs, int n_jobs) {
+    size_t bytes = 0;
+    for (int j = 0; j < n_jobs; ++j) bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    return bytes;
+}
 }  // namespace
+
+bool CudaBackend::q8_input_takes_parts(const PendingMatmul& mm) const {
+    // As flush_q8 and launch_q8 decide: the fused norm's input quantized in the staged SwiGLU kernel.
+    if (!q8_takes(mm) || !mm.swiglu_out || mm.n != 2 || mm.jobs[0].w.type != mm.jobs[1].w.type || q8_prequantize_ ||
+        mm.K > cuda::kQ8FusedMaxK || weight_bytes(mm.jobs, mm.n) > kQ8InKernelMaxWeightBytes ||
+        !cuda::aligned16(norm_.x) || !cuda::aligned16(norm_.w) || !cuda::aligned16(norm_.out))
+        return false;
+    return cuda::matvec_q8_takes_parts(mm.jobs, mm.n, mm.K, true, q8_staged_sms_);
+}
 
 bool CudaBackend::q8_takes(const PendingMatmul& mm) const {
     if (!q8_enabled_ || mm.rows != 1 || mm.K % 32 != 0 || mm.K > cuda::kQ8MaxK) return false;
@@ -634,19 +652,17 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
 }
 
 void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda::Q8Source src, float* swiglu_out) {
-    size_t weight_bytes = 0;
-    for (int j = 0; j < n_jobs; ++j) weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
-    const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
+    const size_t bytes = weight_bytes(jobs, n_jobs);
+    const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && bytes <= kQ8InKernelMaxWeightBytes &&
                            cuda::aligned16(src.x) && cuda::aligned16(src.norm_weight) &&
                            cuda::aligned16(src.norm_out) && cuda::aligned16(src.parts) &&
                            cuda::aligned16(src.parts_sum);
     if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(jobs, n_jobs, K, swiglu_out, q8_staged_sms_)))
         throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(K) + "-wide product of " +
-                    std::to_string(weight_bytes) + " bytes cannot take the staged matvec");
+                    std::to_string(bytes) + " bytes cannot take the staged matvec");
     if (!in_kernel) {
         ensure_q8(K);
-        cuda::launch_quantize_q8(src.x, K, src.norm_weight, src.eps, src.norm_out, q8_in_, src.parts, src.n_parts,
-                                 src.parts_sum, pdl_, enq());
+        cuda::launch_quantize_q8(src.x, K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, enq());
         src = cuda::Q8Source{};
         src.pre = q8_in_;
     }
@@ -915,7 +931,7 @@ void CudaBackend::flush(bool keep_parts) {
         // A fold's partials go into this product where its integer kernels take them: into the
         // input of its fused rms_norm (gate and up), or into the residual it adds to (down; once
         // the o output was written). Any other use of x gets them added first.
-        const bool norm_takes = fuse_norm && norm_.x == parts_.x && norm_.width == parts_.width;
+        const bool norm_takes = fuse_norm && norm_.x == parts_.x && norm_.width == parts_.width && q8_input_takes_parts(mm);
         bool res_takes = false;
         bool touches = mm.x == parts_.x || (norm_.active && norm_.x == parts_.x && !norm_takes);
         for (int j = 0; j < mm.n; ++j) {

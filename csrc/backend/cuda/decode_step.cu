@@ -249,6 +249,8 @@ void put(MatvecJob& d, const MatvecJob& s) {
     d.bias = s.bias;
     d.out = s.out;
     d.residual = s.residual;
+    d.residual_parts = s.residual_parts;
+    d.n_residual_parts = s.n_residual_parts;
 }
 void put(Q8Source& d, const Q8Source& s) {
     d.x = s.x;
@@ -257,6 +259,9 @@ void put(Q8Source& d, const Q8Source& s) {
     d.norm_out = s.norm_out;
     d.pre.qs = s.pre.qs;
     d.pre.ds = s.pre.ds;
+    d.parts = s.parts;
+    d.n_parts = s.n_parts;
+    d.parts_sum = s.parts_sum;
 }
 void put(q8::Q8Params& d, const q8::Q8Params& s) {
     for (int j = 0; j < kMaxMatvecJobs; ++j) {
@@ -291,6 +296,14 @@ void put(attn::DecodeArgs& d, const attn::DecodeArgs& s) {
     d.part = s.part;
     d.counters = s.counters;
     d.out = s.out;  // trace: left zero
+    d.ow = s.ow;
+    d.o_row_bytes = s.o_row_bytes;
+    d.o_n = s.o_n;
+    d.o_seg = s.o_seg;
+    d.o_rows = s.o_rows;
+    d.replicas = s.replicas;
+    d.o_smem = s.o_smem;
+    d.o_part = s.o_part;
 }
 
 }  // namespace

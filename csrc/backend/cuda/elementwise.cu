@@ -72,13 +72,9 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
 
 __global__ void add_parts_kernel(float* x, const float* parts, int n_parts, int64_t n, float* sum_out) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float v = x[i], t = 0.0f;
-        for (int h = 0; h < n_parts; ++h) {
-            const float p = parts[h * n + i];
-            v += p;
-            t += p;
-        }
-        x[i] = v;
+        float t = 0.0f;
+        for (int h = 0; h < n_parts; ++h) t += parts[h * n + i];
+        x[i] += t;
         if (sum_out) sum_out[i] = t;
     }
 }

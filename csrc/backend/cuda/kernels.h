@@ -45,13 +45,16 @@ struct MatvecJob {
     float* out = nullptr;
     float* residual = nullptr;
     // The integer matvec only (matvec_q8.cu): per-head partials of an o projection folded into
-    // the decode attention ([n_residual_parts][w.N], AttentionArgs::o_w) that the residual
-    // still lacks; it becomes (residual + parts[0] + ... + parts[n - 1]) + out, in that order.
+    // the decode attention ([n_residual_parts][w.N], AttentionArgs::o_w; at most kMaxFoldParts)
+    // that the residual still lacks; it becomes (residual + (parts[0] + ... + parts[n - 1])) + out,
+    // the partials summed in that order (the o projection's output, then added as add() would).
     const float* residual_parts = nullptr;
     int n_residual_parts = 0;
 };
 
 constexpr int kMaxMatvecJobs = 3;
+// The most per-head partials of a folded o projection (the lanes of a warp sum them: two rows each).
+constexpr int kMaxFoldParts = 16;
 constexpr int kMaxMatvecRows = 8;
 
 // The input every job of one launch shares: x [rows][K]. With norm_weight set
@@ -87,10 +90,10 @@ constexpr int kQ8FusedMaxK = 8192;
 // when norm_weight is set, which block 0 then also writes to norm_out when that is set), quantized
 // inside the matvec (K <= kQ8FusedMaxK); or, with x null, `pre`, written by launch_quantize_q8.
 //
-// With n_parts > 0, x still lacks the per-head partials of an o projection folded into the decode
-// attention ([n_parts][K], AttentionArgs::o_w, 16-byte aligned): the row used (and normalized)
-// is x + parts[0] + ... + parts[n_parts - 1], summed in that order, and block 0 also writes the
-// partials' sum alone (the o projection's output) to parts_sum when that is set.
+// With n_parts > 0 (matvec_q8_takes_parts), x still lacks the per-head partials of an o projection
+// folded into the decode attention ([n_parts][K], AttentionArgs::o_w, 16-byte aligned): the row
+// used (and normalized) is x + (parts[0] + ... + parts[n_parts - 1]), the partials summed in that
+// order, and block 0 also writes their sum (the o projection's output) to parts_sum when set.
 struct Q8Source {
     const float* x = nullptr;
     const float* norm_weight = nullptr;
@@ -104,9 +107,8 @@ struct Q8Source {
 // q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
 // to norm_out when that is set). K: a multiple of 32.
 // pdl: launched as a programmatic dependent launch (common.cuh), here and below.
-// parts, n_parts, parts_sum as in Q8Source.
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
-                        const float* parts, int n_parts, float* parts_sum, bool pdl, cudaStream_t stream);
+                        bool pdl, cudaStream_t stream);
 // out = W q8(src) (+ bias) (residual += out) for every job (width K, types matvec_q8_supported); with
 // swiglu_out set, jobs 0 and 1 are gate and up of one height and type, and swiglu_out = silu(gate) * up.
 // staged_sms > 0 (the SM count): products whose input is quantized in the kernel, of at most
@@ -122,6 +124,9 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
 void prepare_matvec_q8();
 // Whether launch_matvec_q8 would take these jobs (in-kernel input) to the staged kernel.
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
+// Whether it takes them with an input that lacks a fold's partials (Q8Source::parts): the staged
+// SwiGLU kernel only (an mn::Error elsewhere).
+bool matvec_q8_takes_parts(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
@@ -188,8 +193,8 @@ void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out
 void launch_rms_norm(const float* x, const float* w, float eps, int rows, int width, float* out, cudaStream_t stream);
 void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
-// x[i] = x[i] + parts[0][i] + ... + parts[n_parts - 1][i] (in that order, as the integer matvecs
-// sum them: Q8Source::parts) and sum_out[i] = the partials' sum alone, for i < n; parts is
+// sum_out[i] = parts[0][i] + ... + parts[n_parts - 1][i] (in that order, as the integer matvecs
+// sum them: Q8Source::parts) and x[i] += that sum, for i < n (sum_out may be null); parts is
 // [n_parts][n]. The per-head partials of a folded o projection, added where no product took them.
 void launch_add_parts(float* x, const float* parts, int n_parts, int64_t n, float* sum_out, cudaStream_t stream);
 // Rotates q and k in place for positions *pos0 .. *pos0 + rows - 1 (pos0 read on the device);

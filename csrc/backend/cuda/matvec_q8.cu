@@ -46,9 +46,7 @@ __device__ __forceinline__ float warp_max_f(float v) {
 __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float* __restrict__ x, int K,
                                                                     const float* __restrict__ nw, float eps,
                                                                     float* __restrict__ norm_out,
-                                                                    int8_t* __restrict__ qs, float2* __restrict__ ds,
-                                                                    const float* __restrict__ parts, int n_parts,
-                                                                    float* __restrict__ parts_sum) {
+                                                                    int8_t* __restrict__ qs, float2* __restrict__ ds) {
     pdl_launch_dependents();
     pdl_wait();  // launched as a programmatic dependent: x comes from the kernel before
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
@@ -56,11 +54,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
     if (nw) {
         // Every block sums the squares of the whole row (a few KB from L2) instead of a second launch.
         double ss = 0.0;
-        for (int i = threadIdx.x; i < K; i += kQuantThreads) {
-            float v = x[i];
-            for (int h = 0; h < n_parts; ++h) v += parts[size_t(h) * K + i];
-            ss += double(v) * v;
-        }
+        for (int i = threadIdx.x; i < K; i += kQuantThreads) ss += double(x[i]) * x[i];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         __shared__ double part[kQuantThreads / 32];
@@ -75,15 +69,6 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
     const int i = blockIdx.x * kQuantThreads + threadIdx.x;
     if (i >= K) return;  // K is a multiple of 32: whole warps leave
     float v = x[i];
-    if (n_parts) {  // a folded o projection's partials, summed as Q8Source::parts says
-        float t = 0.0f;
-        for (int h = 0; h < n_parts; ++h) {
-            const float p = parts[size_t(h) * K + i];
-            v += p;
-            t += p;
-        }
-        if (parts_sum) parts_sum[i] = t;  // each block writes its own slice of the row
-    }
     if (nw) {
         v = v * inv * nw[i];
         if (norm_out) norm_out[i] = v;
@@ -176,7 +161,9 @@ constexpr size_t kStagedMaxSmem = size_t(46) << 10;
 // sitting beside the large products' thousands of blocks slowed those).
 constexpr size_t kStagedMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
 
-template <bool SWIGLU, TensorType FIXED>
+// PARTS: the input lacks a fold's partials (Q8Source::parts; compiled for SwiGLU products only,
+// the one kind that follows a folded o projection's residual add: gate and up).
+template <bool SWIGLU, TensorType FIXED, bool PARTS = false>
 __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const Q8Params p) {
     MN_TRACE_BEGIN;
     pdl_launch_dependents();
@@ -192,7 +179,7 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
     MN_TRACE(1);
     int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
     float2* d = reinterpret_cast<float2*>(q + p.K);
-    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d);
+    quantize_row_to_shared<kStagedThreads, false, PARTS>(p.src, p.K, q, d);
     MN_TRACE(2);
     cp_async_wait_all();
     __syncthreads();
@@ -233,10 +220,10 @@ bool matvec_q8_supported(TensorType t) {
 }
 
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
-                        const float* parts, int n_parts, float* parts_sum, bool pdl, cudaStream_t stream) {
+                        bool pdl, cudaStream_t stream) {
     if (K < 32 || K % 32 != 0) throw Error("cuda quantize_q8: K must be a positive multiple of 32, got " + std::to_string(K));
     launch_kernel(pdl, quantize_q8_kernel, dim3((K + kQuantThreads - 1) / kQuantThreads), dim3(kQuantThreads), 0,
-                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds, parts, n_parts, parts_sum);
+                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 
@@ -314,12 +301,18 @@ void prepare_matvec_q8() {
                                                cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
             MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T>,
                                                cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T, true>,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
         });
     }
 }
 
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
     return staged_plan(jobs, n_jobs, K, swiglu, sms).blocks > 0;
+}
+
+bool matvec_q8_takes_parts(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
+    return swiglu && K <= kQ8FusedMaxK && matvec_q8_staged(jobs, n_jobs, K, swiglu, sms);
 }
 
 namespace q8 {
@@ -377,6 +370,8 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
                       int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream,
                       const TraceSink* trace) {
     if (src.x ? K > kQ8FusedMaxK : !src.pre.qs) throw Error("cuda matvec_q8: no usable input");
+    if (src.n_parts && !matvec_q8_takes_parts(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms))
+        throw Error("cuda matvec_q8: a fold's partials in the input need the staged SwiGLU kernel");
     Q8Params p = make_params(jobs, n_jobs, K, src, swiglu_out);
     const int groups = p.n_groups;
 #ifdef MN_CUDA_TRACE
@@ -392,8 +387,10 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             p.stage_bytes = plan.stage_bytes;
             with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
                 constexpr TensorType T = decltype(tag)::value;
-                launch_kernel(pdl, swiglu_out ? matvec_q8_staged_kernel<true, T> : matvec_q8_staged_kernel<false, T>,
-                              dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
+                auto kernel = !swiglu_out   ? matvec_q8_staged_kernel<false, T>
+                              : src.n_parts ? matvec_q8_staged_kernel<true, T, true>
+                                            : matvec_q8_staged_kernel<true, T>;
+                launch_kernel(pdl, kernel, dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
             });
             MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
             return;
