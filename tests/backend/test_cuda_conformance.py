@@ -292,13 +292,6 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #   c32       (with the fp32 matvec) the fused decode kernel with chunks of 32 keys: after
     #             the 70-token prefill the steps attend over 3 chunks, which the last block of
     #             each head combines (the default chunk, 256 keys, holds them all in one).
-    #   nofold    the o projection as its own integer matvec (METALLIC_CUDA_O_FOLD=0) instead of
-    #             folded into the decode attention as per-head partials (the default where o's
-    #             blocks are of 32 and the cache f16: Q5_0 here): the same products summed in
-    #             another order; fold_r16 the fold with 16 rows of o per block (10 replicas of
-    #             each head instead of 2): the same bits as the default; fold_c32 / nofold_c32
-    #             both with 32-key chunks (the fold then in the block that combines them, its
-    #             weights read from global memory instead of staged).
     # A 70-token prefill first, then 12 decode steps.
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=4, **geometry(wtype))
     rng = np.random.default_rng(9)
@@ -308,8 +301,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
              "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK", "METALLIC_CUDA_STEP",
-             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_O_FOLD", "METALLIC_CUDA_O_FOLD_ROWS")
-    folded = {}
+             "METALLIC_CUDA_STEP_ATTN")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
@@ -321,11 +313,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
                      ("step", {"METALLIC_CUDA_STEP": "1"}),
                      ("step_c32", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
                      ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"}),
-                     ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
-                     ("nofold", {"METALLIC_CUDA_O_FOLD": "0"}),
-                     ("fold_r16", {"METALLIC_CUDA_O_FOLD_ROWS": "16"}),
-                     ("fold_c32", {"METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
-                     ("nofold_c32", {"METALLIC_CUDA_ATTN_DECODE_CHUNK": "32", "METALLIC_CUDA_O_FOLD": "0"})):
+                     ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"})):
         for k in knobs:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
@@ -333,20 +321,8 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
         with Model(path, n_ctx=128, backend="cuda", kv_type=kv_type, max_batch=70) as m:
             m.eval(prompt)
             runs[key] = np.stack([m.eval([t]) for t in tokens])
-            folded[key] = m.backend_counters["o_projections_folded"]
-    # The fold is taken where it applies (and only there): a test of it cannot pass without it.
-    foldable = wtype == "Q5_0" and kv_type == "f16"
-    for key in ("w1", "fold_r16", "fold_c32", "st"):
-        assert (folded[key] > 0) == foldable, (key, folded[key])
-    for key in ("nofold", "nofold_c32", "f32", "step"):
-        assert folded[key] == 0, (key, folded[key])
-    # The grid cap changes only which block computes a row: same bits; so does the number of
-    # replicas of a head that fold o's rows.
+    # The grid cap changes only which block computes a row: same bits.
     np.testing.assert_array_equal(runs["cap"], runs["w1"])
-    np.testing.assert_array_equal(runs["fold_r16"], runs["w1"])
-    for pos in range(len(tokens)):
-        assert rel(runs["nofold"][pos], runs["w1"][pos]) < 1e-5, pos
-        assert rel(runs["fold_c32"][pos], runs["nofold_c32"][pos]) < 1e-5, pos
     for key in ("w2", "w4", "pre", "st", "st2", "step_na"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)

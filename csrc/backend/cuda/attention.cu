@@ -228,16 +228,16 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
     const int n_keys = *pos0 + r + 1;
     const int live = (n_keys + chunk - 1) / chunk;
     const size_t row_head = size_t(r) * n_heads + h;
-    combine_chunks(part + row_head * n_splits * (hd + 2), live, hd, out + row_head * hd, nullptr);
+    combine_chunks(part + row_head * n_splits * (hd + 2), live, hd, out + row_head * hd);
 }
 
 // Decode in one launch: grid (n_splits, n_heads), one block per (chunk of keys, query head)
-// (attention_decode.cuh); OT: the type of a folded o projection (F32: none).
-template <typename T, int DPL, TensorType OT>
+// (attention_decode.cuh).
+template <typename T, int DPL>
 __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
     pdl_launch_dependents();
-    extern __shared__ float4 decode_smem[];  // float4: the fold's part is 16-byte aligned
-    attn_decode_item<T, DPL, kThreads, true, OT>(a, blockIdx.x, blockIdx.y, reinterpret_cast<float*>(decode_smem));
+    extern __shared__ float smem[];
+    attn_decode_item<T, DPL, kThreads, true>(a, blockIdx.x, blockIdx.y, smem);
 }
 
 // Prefill: a block takes 16 query rows of one head and walks the keys in
@@ -370,23 +370,10 @@ SplitKernel<T> split_kernel_for(int hd) {
 template <typename T>
 using DecodeKernel = void (*)(const DecodeArgs);
 
-template <typename T, TensorType OT>
+template <typename T>
 DecodeKernel<T> decode_kernel_for(int hd) {
-    return with_dpl(hd, [](auto dpl) -> DecodeKernel<T> { return attn_decode_kernel<T, decltype(dpl)::value, OT>; });
+    return with_dpl(hd, [](auto dpl) -> DecodeKernel<T> { return attn_decode_kernel<T, decltype(dpl)::value>; });
 }
-
-// The f16-cache kernel folding an o projection of type t (attention_o_foldable's types).
-DecodeKernel<__half> fold_kernel_for(int hd, TensorType t) {
-    switch (t) {
-        case TensorType::Q4_0: return decode_kernel_for<__half, TensorType::Q4_0>(hd);
-        case TensorType::Q5_0: return decode_kernel_for<__half, TensorType::Q5_0>(hd);
-        case TensorType::Q8_0: return decode_kernel_for<__half, TensorType::Q8_0>(hd);
-        default: throw Error("cuda attention: an o projection of this type cannot be folded");
-    }
-}
-
-// Bytes of one head's columns in an o row (hd / 32 blocks).
-int fold_seg(const QMatrix& w, int hd) { return int(w.row_bytes / size_t(w.K / 32)) * (hd / 32); }
 
 }  // namespace
 
@@ -405,39 +392,10 @@ DecodeArgs make_decode_args(const AttentionArgs& a, int threads) {
         throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
     DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, a.head_dim,
                  single, plan.n_splits, keys_cap, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out};
-    d.replicas = 1;
-    // The attention's floats, rounded up to 16 bytes: the fold's shared memory follows.
-    d.o_smem = int((sizeof(float) * size_t(decode_smem_floats(threads, a.head_dim, keys_cap)) + 15) & ~size_t(15));
-    if (a.o_w.data) {
-        if (!attention_o_foldable(a.o_w, a.n_heads, a.head_dim, a.o_rows_per_block) || !a.f16_cache || !a.o_part)
-            throw Error("cuda attention: this o projection cannot be folded into the decode kernel");
-        d.ow = a.o_w.data;
-        d.o_row_bytes = a.o_w.row_bytes;
-        d.o_n = a.o_w.N;
-        d.o_seg = fold_seg(a.o_w, a.head_dim);
-        d.o_rows = std::max(1, a.o_rows_per_block);
-        d.replicas = (d.o_n + d.o_rows - 1) / d.o_rows;
-        d.o_part = a.o_part;
-    }
     return d;
 }
 
-// The decode kernel's dynamic shared memory for d.
-size_t decode_smem(const DecodeArgs& d) {
-    return size_t(d.o_smem) + (d.ow ? kFoldSmemBytes : 0);
-}
-
 }  // namespace attn
-
-bool attention_o_foldable(const QMatrix& w, int n_heads, int head_dim, int rows_per_block) {
-    const bool type_ok = w.type == TensorType::Q4_0 || w.type == TensorType::Q5_0 || w.type == TensorType::Q8_0;
-    if (!type_ok || !w.data || head_dim % 32 != 0 || head_dim > 256 || w.K != n_heads * head_dim || w.N < 1 ||
-        w.N % 4 != 0 || w.row_bytes % 2 != 0 || reinterpret_cast<uintptr_t>(w.data) % 4 != 0)
-        return false;
-    // The heads' partials are summed by lanes of a warp (matvec_q8.cuh, group_pass): at most 16.
-    // The replicas are the grid's width (with the split plan's up to 32 chunks).
-    return n_heads <= kMaxFoldParts && (w.N + std::max(1, rows_per_block) - 1) / std::max(1, rows_per_block) <= 64;
-}
 
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx) {
     return size_t(rows) * n_heads * plan_for(n_ctx).n_splits * (head_dim + 2);
@@ -450,16 +408,10 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
 #ifdef MN_CUDA_TRACE
         if (a.trace) d.trace = *a.trace;
 #endif
-        const size_t smem = decode_smem(d);
-        if (smem > 48 * 1024)
-            throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
-        const dim3 grid(std::max(d.n_splits, d.replicas), a.n_heads);
-        if (d.ow)
-            launch_kernel(a.pdl, fold_kernel_for(hd, a.o_w.type), grid, dim3(kThreads), smem, stream, d);
-        else if (a.f16_cache)
-            launch_kernel(a.pdl, decode_kernel_for<__half, TensorType::F32>(hd), grid, dim3(kThreads), smem, stream, d);
-        else
-            launch_kernel(a.pdl, decode_kernel_for<float, TensorType::F32>(hd), grid, dim3(kThreads), smem, stream, d);
+        const size_t smem = sizeof(float) * size_t(decode_smem_floats(kThreads, hd, d.keys_cap));
+        const dim3 grid(d.n_splits, a.n_heads);
+        if (a.f16_cache) launch_kernel(a.pdl, decode_kernel_for<__half>(hd), grid, dim3(kThreads), smem, stream, d);
+        else launch_kernel(a.pdl, decode_kernel_for<float>(hd), grid, dim3(kThreads), smem, stream, d);
         MN_CUDA_CHECK_LAUNCH("attn_decode_kernel");
         return;
     }

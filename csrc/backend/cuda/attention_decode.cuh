@@ -7,7 +7,6 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
-#include "backend/cuda/matvec_q8.cuh"
 
 namespace mn::cuda::attn {
 
@@ -58,8 +57,7 @@ __device__ __forceinline__ float2 block_softmax_numerators(float* sc, int len, f
 // of a block of at least 32 threads (live <= 32). The records are read through L2 (__ldcg): other
 // SMs wrote them. The chunks' maxima and sums are loaded once, in parallel, and their weights
 // e^(m_c - M) computed once, not per output dimension.
-__device__ __forceinline__ void combine_chunks(const float* part, int live, int hd, float* __restrict__ out,
-                                               float* out_shared) {
+__device__ __forceinline__ void combine_chunks(const float* part, int live, int hd, float* __restrict__ out) {
     __shared__ float sw[32], sl[32];
     __shared__ float s_den;
     if (threadIdx.x < live) {
@@ -85,7 +83,6 @@ __device__ __forceinline__ void combine_chunks(const float* part, int live, int 
 #pragma unroll 8
         for (int c = 0; c < live; ++c) num += sw[c] * __ldcg(part + c * (hd + 2) + d);
         out[d] = num / den;
-        if (out_shared) out_shared[d] = num / den;
     }
 }
 
@@ -166,77 +163,10 @@ struct DecodeArgs {
     float* part;
     int* counters;
     float* out;
-    // The o projection folded in (AttentionArgs::o_w; the kernel's OT is its type, F32: none).
-    // No member initializers (the decode-step kernel keeps these arguments in shared memory);
-    // make_decode_args sets every field.
-    const uint8_t* ow;
-    size_t o_row_bytes;
-    int o_n;       // output rows
-    int o_seg;     // bytes of one head's columns in a row: hd / 32 blocks
-    int o_rows;    // rows per block (replica)
-    int replicas;  // one-chunk steps: blocks per head (1 without a fold), each folding o_rows rows
-    int o_smem;    // byte offset of the fold's shared memory (16-aligned)
-    float* o_part;
 #ifdef MN_CUDA_TRACE
     TraceSink trace;
 #endif
 };
-
-// The fold's shared memory after the attention's floats: the head's output quantized (256 int8
-// codes, 8 block scales).
-constexpr int kFoldSmemBytes = 256 + 8 * int(sizeof(float2));
-
-// The folded o projection for one head: so[hd] (shared; the head's attention output) is quantized
-// to 8-bit blocks of 32 exactly as quantize_row_to_shared quantizes a matvec's input, then rows
-// [r0, r1) of the head's columns of o (asked of L2 before the wait) are multiplied by it into
-// o_part[h][r]: a thread per row, the row's hd / 32 units loaded before any is used.
-template <TensorType OT, int THREADS>
-__device__ __forceinline__ void fold_o(const DecodeArgs& a, int h, const float* so, int r0, int r1,
-                                       uint8_t* fold) {
-    int8_t* qs = reinterpret_cast<int8_t*>(fold);
-    float2* ds = reinterpret_cast<float2*>(fold + 256);
-    __syncthreads();  // so[] written by the block
-    const int nb = a.hd / 32, lane = threadIdx.x & 31;
-    for (int b = threadIdx.x >> 5; b < nb; b += THREADS / 32) {
-        const float v = so[32 * b + lane];
-        float amax = fabsf(v);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float d = amax / 127.0f;
-        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        const int q = __float2int_rn(v * id);
-        const int qsum = __reduce_add_sync(0xffffffffu, q);
-        qs[32 * b + lane] = int8_t(q);
-        if (lane == 0) ds[b] = make_float2(d, d * float(qsum));
-    }
-    __syncthreads();
-    constexpr int kUnits = 4;  // loads in flight: 4 units (a 128-wide head) per trip
-    const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
-    for (int r = r0 + int(threadIdx.x); r < r1; r += THREADS) {
-        const uint8_t* row = wh + size_t(r) * a.o_row_bytes;
-        float acc = 0.0f;
-        for (int b0 = 0; b0 < nb; b0 += kUnits) {
-            q8::UnitRaw raw[kUnits];
-#pragma unroll
-            for (int u = 0; u < kUnits; ++u)
-                if (b0 + u < nb) q8::unit_load<OT, false>(row, b0 + u, raw[u]);
-#pragma unroll
-            for (int u = 0; u < kUnits; ++u) {
-                if (b0 + u >= nb) break;
-                const int b = b0 + u;
-                int av[16];
-                const int4* pa = reinterpret_cast<const int4*>(qs + 32 * b);
-                const int4 x0 = pa[0], x1 = pa[1];
-                av[0] = x0.x; av[1] = x0.y; av[2] = x0.z; av[3] = x0.w; av[4] = x1.x; av[5] = x1.y; av[6] = x1.z; av[7] = x1.w;
-#pragma unroll
-                for (int i = 8; i < 16; ++i) av[i] = 0;
-                const float2 da = ds[b];
-                acc += q8::unit_dot<OT>(raw[u], b, av, da, da);
-            }
-        }
-        a.o_part[size_t(h) * a.o_n + r] = acc;
-    }
-}
 
 // Calls f(tag) with tag::value the dimensions per lane (DPL) that the split and decode kernels
 // are compiled for, the fewest that cover a head of hd dimensions (hd <= 256).
@@ -259,16 +189,9 @@ constexpr int decode_smem_floats(int threads, int hd, int keys_cap) { return (3 
 // pdl_wait() a block reads only the position (copied before the step's first kernel) and asks L2
 // for its chunk's cached keys and values (written by earlier steps), so those DRAM trips overlap
 // the q/k/v matvec's tail. Without it (the decode-step kernel), the caller orders the reads.
-//
-// Folded o projection (OT != F32, attention_o_foldable): a one-chunk step runs `replicas` blocks
-// per head (s = the replica), each computing the whole head (the extra blocks cost no time: they
-// run side by side) and then its share of o's rows. A step of several chunks folds all rows in
-// the block that combines them. (Staging the rows into shared memory with cp.async before the
-// wait was slower, H100: the copies delayed the blocks' q, k, v loads by ~2 us.)
-template <typename T, int DPL, int THREADS, bool PDL, TensorType OT = TensorType::F32>
+template <typename T, int DPL, int THREADS, bool PDL>
 __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int h, float* smem) {
     MN_TRACE_BEGIN;
-    constexpr bool kFold = OT != TensorType::F32;
     const int pos = *a.pos0;
     const int n_keys = pos + 1;
     // The step's chunk length from its position: one chunk while the keys fit `single` (a
@@ -276,12 +199,11 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     // a counter and a second read of the partials, ~3 us of a 0.5B layer); beyond it, the keys
     // spread over all n_splits blocks of the head (a long context's walk is then short per
     // block: at 1,000-4,000 keys, 256-key chunks decoded 10-15% slower than 32-128-key ones).
-    const bool one_chunk = n_keys <= a.single;
-    const int chunk = one_chunk ? a.single : max(kAttnSplit, (((n_keys + a.n_splits - 1) / a.n_splits) + 31) / 32 * 32);
-    const int replica = one_chunk ? s : 0;
-    if (one_chunk) s = 0;
+    const int chunk = n_keys <= a.single
+                          ? a.single
+                          : max(kAttnSplit, (((n_keys + a.n_splits - 1) / a.n_splits) + 31) / 32 * 32);
     const int start = s * chunk;
-    if (start >= n_keys || replica >= a.replicas) {  // not counted: the combine counts live chunks only
+    if (start >= n_keys) {  // not counted: the combine counts live chunks only
         if constexpr (PDL) pdl_wait();
         return;
     }
@@ -297,27 +219,6 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
         for (int off = 128 * threadIdx.x; off < bytes; off += 128 * THREADS) {
             prefetch_l2(static_cast<const uint8_t*>(a.kc) + row0 + off);
             prefetch_l2(static_cast<const uint8_t*>(a.vc) + row0 + off);
-        }
-    }
-    uint8_t* fold = reinterpret_cast<uint8_t*>(smem) + a.o_smem;
-    int o_r0 = 0, o_r1 = 0;
-    if constexpr (kFold) {
-        // This block's rows of the head's columns of o, asked of L2 (one chunk: the replica's
-        // rows; several: the head's rows shared among its chunks, for the block that combines).
-        const uint8_t* wh = a.ow + size_t(h) * a.o_seg;
-        int first = 0, stride = 1;
-        if (one_chunk) {
-            o_r0 = min(a.o_n, replica * a.o_rows);
-            o_r1 = min(a.o_n, o_r0 + a.o_rows);
-            first = o_r0;
-        } else {
-            o_r1 = a.o_n;
-            stride = (n_keys + chunk - 1) / chunk;  // the live chunks
-            first = s;
-        }
-        for (int r = first + stride * int(threadIdx.x); r < o_r1; r += stride * THREADS) {
-            prefetch_l2(wh + size_t(r) * a.o_row_bytes);
-            prefetch_l2(wh + size_t(r) * a.o_row_bytes + a.o_seg - 1);
         }
     }
     // The rotation of this thread's dimension pair (the position is known before the wait and
@@ -338,7 +239,7 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     const float* qr = a.q + size_t(h) * hd;
     const float* kr = a.k + size_t(kvh) * hd;
     const float* vr = a.v + size_t(kvh) * hd;
-    const bool store = has_new && h % group == 0 && replica == 0;
+    const bool store = has_new && h % group == 0;
     const size_t new_at = (size_t(kvh) * a.n_ctx + pos) * hd;
     if (int(threadIdx.x) < half) {  // hd <= 256 (attention_decode_fused): a pair per thread
         const int i = threadIdx.x;
@@ -430,10 +331,8 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
             float t = 0.0f;
 #pragma unroll
             for (int sl = 0; sl < kSlices; ++sl) t += sred[sl * hd + d];
-            if (replica == 0) orow[d] = t / sum;
-            if constexpr (kFold) sq[d] = t / sum;  // q is no longer read
+            orow[d] = t / sum;
         }
-        if constexpr (kFold) fold_o<OT, THREADS>(a, h, sq, one_chunk ? o_r0 : 0, one_chunk ? o_r1 : a.o_n, fold);
         MN_TRACE_END(a.trace, 3, a.kc, 4);
         return;
     }
@@ -460,9 +359,8 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
     }
     MN_TRACE(4);
     __threadfence();
-    combine_chunks(head_part, live, hd, orow, kFold ? sq : nullptr);
+    combine_chunks(head_part, live, hd, orow);
     if (threadIdx.x == 0) a.counters[h] = 0;  // ready for the next step (graph replays reuse it)
-    if constexpr (kFold) fold_o<OT, THREADS>(a, h, sq, 0, a.o_n, fold);
     MN_TRACE_END(a.trace, 3, a.kc, 5);
 }
 

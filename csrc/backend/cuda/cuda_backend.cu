@@ -8,25 +8,10 @@
 // output into the residual stream is done by the matmul, and a SwiGLU of
 // gate and up is done by the launch that computes them; in a decode step,
 // RoPE is done by the attention kernel, and the one-row integer matvecs
-// quantize their input themselves (matvec_q8.cu). A decode attention is held
-// back too: when its output's only use is the o projection added into the
-// residual, the projection is folded into the attention kernel (per-head
-// partials, below). Every other op, and every
+// quantize their input themselves (matvec_q8.cu). Every other op, and every
 // read, first launches what is pending, in order, so the results are those of
 // the ops one by one. Decode kernels run as programmatic dependent launches on
 // sm_90 (common.cuh), so each one's launch overlaps the tail of the one before.
-//
-// Folded o projection (a decode step of a model whose o weights are 32-element
-// blocks, AttentionArgs::o_w). A 0.5B decode step is a chain of latency-bound
-// launches; the o product was one of them (~2 us plus a ~1 us boundary per
-// layer on the H100). The attention kernel now multiplies each head's output
-// by that head's columns of o, writing per-head partials o_parts_[h][N]; the
-// residual stream x then lacks their sum (parts_). The next rms_norm's product
-// (gate and up) adds them to its input in every block, in head order, and the
-// product that next adds into x (down) adds them into x the same way, so both
-// see the same x + o. Anything else that touches x first gets an add-parts
-// launch, so results stay those of the ops one by one (up to the order of
-// o's sums).
 //
 // Graphs. A step the transformer marks replayable (a decode step: one row, no
 // reads before its output) is run eagerly the first time, recorded the second
@@ -135,7 +120,7 @@ public:
                     bool further) override;
     std::vector<std::pair<std::string, int64_t>> counters() const override {
         return {{"graph_replays", graph_replays_}, {"steps_run_ahead", steps_run_ahead_},
-                {"steps_taken_ahead", steps_taken_ahead_}, {"o_projections_folded", o_folds_}};
+                {"steps_taken_ahead", steps_taken_ahead_}};
     }
 
 private:
@@ -143,15 +128,8 @@ private:
 
     // Returns true when the op must not run (it is part of a graph being replayed).
     bool record(Sig sig);
-    // Launches everything held back, in op order. keep_parts: a pending fold's partials stay
-    // pending (rms_norm of x, whose product takes them).
-    void flush(bool keep_parts = false);
+    void flush();
     void launch_pending_norm();
-    // The held attention with the pending o product folded in, when they allow it (then true:
-    // both are launched, the partials pending).
-    bool fold_o_projection(const cuda::AttentionArgs& held);
-    // x += the pending partials (and the o product's output written), before another use of x.
-    void add_pending_parts();
     void set_pos(int pos0);
     void wait_host_staging();
     void ensure_ids(int rows);
@@ -264,11 +242,7 @@ private:
         float* swiglu_out = nullptr;
     } mm_;
     // One-row matmuls of the integer-dot types (the pending norm fused into them). False (nothing
-    // launched) when a job's type or the width does not allow it (q8_takes).
-    bool q8_takes(const PendingMatmul& mm) const;
-    // Whether flush_q8 would give this product (its rms_norm fused) an input that lacks a fold's
-    // partials (cuda::matvec_q8_takes_parts).
-    bool q8_input_takes_parts(const PendingMatmul& mm) const;
+    // launched) when a job's type or the width does not allow it.
     bool flush_q8(const PendingMatmul& mm, bool fuse_norm);
     // A one-row integer matvec with the ordinary kernels: the input quantized in the kernel where
     // that pays, else by a quantize launch first.
@@ -305,25 +279,6 @@ private:
     size_t q8_bytes_ = 0;
     int* attn_counters_ = nullptr;  // per query head, for the fused decode attention (zero between launches)
     int attn_counters_n_ = 0;
-
-    // The o projection folded into the decode attention (header comment). METALLIC_CUDA_O_FOLD=0:
-    // never; METALLIC_CUDA_O_FOLD_ROWS: o rows per attention block (replicas of each head).
-    bool o_fold_ = true;
-    int o_fold_rows_ = 128;
-    struct HeldAttention {
-        bool active = false;
-        cuda::AttentionArgs a;
-    } held_attn_;
-    struct PendingParts {
-        bool active = false;
-        float* x = nullptr;      // the residual row that lacks them
-        float* o_out = nullptr;  // the o product's output buffer (written when they are added)
-        bool sum_written = false;  // o_out holds their sum already
-        int n_parts = 0, width = 0;
-    } parts_;
-    float* o_parts_ = nullptr;  // [n_heads][width]
-    size_t o_parts_floats_ = 0;
-    int64_t o_folds_ = 0;
 
     // The persistent decode-step kernel (decode_step.cu), which runs a decode step's integer
     // matvecs and attention in one launch with grid barriers between them; null when off (the
@@ -401,10 +356,6 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
         }
     }
     if (const char* q = std::getenv("METALLIC_CUDA_RUN_AHEAD")) run_ahead_ = std::string(q) != "0";
-    if (const char* q = std::getenv("METALLIC_CUDA_O_FOLD")) o_fold_ = std::string(q) != "0";
-    if (const char* q = std::getenv("METALLIC_CUDA_O_FOLD_ROWS")) o_fold_rows_ = std::max(1, std::atoi(q));
-    // The fold's sums are taken by the integer matvecs' kernels only (not the decode-step kernel's).
-    o_fold_ = o_fold_ && q8_enabled_ && !step_;
     MN_CUDA_CHECK(cudaMallocHost(&h_pos_, sizeof(int)));
     MN_CUDA_CHECK(cudaMallocHost(&h_next_, 2 * sizeof(int)));
     MN_CUDA_CHECK(cudaHostAlloc(&h_topk_, 2 * kTopkResultWords * sizeof(int32_t), cudaHostAllocMapped));
@@ -457,7 +408,7 @@ CudaBackend::~CudaBackend() {
         if (e) cudaEventDestroy(e);
     for (void* p : {static_cast<void*>(d_pos_), static_cast<void*>(d_next_), d_topk_scratch_,
                     static_cast<void*>(scratch_), static_cast<void*>(row_scale_), static_cast<void*>(q8_buf_),
-                    static_cast<void*>(attn_counters_), static_cast<void*>(o_parts_)})
+                    static_cast<void*>(attn_counters_)})
         if (p) cudaFree(p);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_next_) cudaFreeHost(h_next_);
@@ -511,8 +462,6 @@ void CudaBackend::release(Buffer& b) {
         norm_.active = false;
         rope_.active = false;
         mm_.n = 0;
-        held_attn_.active = false;
-        parts_.active = false;
         if (step_) step_->clear();
         cudaStreamSynchronize(stream_);
         buffers_.erase(b.data);
@@ -588,32 +537,12 @@ namespace {
 // and tg128 ran at 383 tok/s with every product quantized apart vs 367 with the 7.2 MB ones in
 // the kernel; the 0.5B's products, 1-6 MB, gained from it: 1152 vs 1125 tok/s).
 constexpr size_t kQ8InKernelMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
-
-size_t weight_bytes(const cuda::MatvecJob* jobs, int n_jobs) {
-    size_t bytes = 0;
-    for (int j = 0; j < n_jobs; ++j) bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
-    return bytes;
-}
 }  // namespace
 
-bool CudaBackend::q8_input_takes_parts(const PendingMatmul& mm) const {
-    // As flush_q8 and launch_q8 decide: the fused norm's input quantized in the staged SwiGLU kernel.
-    if (!q8_takes(mm) || !mm.swiglu_out || mm.n != 2 || mm.jobs[0].w.type != mm.jobs[1].w.type || q8_prequantize_ ||
-        mm.K > cuda::kQ8FusedMaxK || weight_bytes(mm.jobs, mm.n) > kQ8InKernelMaxWeightBytes ||
-        !cuda::aligned16(norm_.x) || !cuda::aligned16(norm_.w) || !cuda::aligned16(norm_.out))
-        return false;
-    return cuda::matvec_q8_takes_parts(mm.jobs, mm.n, mm.K, true, q8_staged_sms_);
-}
-
-bool CudaBackend::q8_takes(const PendingMatmul& mm) const {
+bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
     if (!q8_enabled_ || mm.rows != 1 || mm.K % 32 != 0 || mm.K > cuda::kQ8MaxK) return false;
     for (int j = 0; j < mm.n; ++j)
         if (!cuda::matvec_q8_supported(mm.jobs[j].w.type)) return false;
-    return true;
-}
-
-bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
-    if (!q8_takes(mm)) return false;
     const bool fuse_swiglu = mm.swiglu_out && mm.jobs[0].w.type == mm.jobs[1].w.type;
     cuda::Q8Source src;
     if (fuse_norm) {
@@ -622,13 +551,6 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
         src.norm_weight = norm_.w;
         src.eps = norm_.eps;
         src.norm_out = norm_.out;
-        if (parts_.active && norm_.x == parts_.x) {  // flush() let them through to this product
-            src.parts = o_parts_;
-            src.n_parts = parts_.n_parts;
-            // The o output is written unless this norm overwrites it (the transformer's h_ is both).
-            src.parts_sum = parts_.sum_written || parts_.o_out == norm_.out ? nullptr : parts_.o_out;
-            parts_.sum_written = true;
-        }
     } else {
         launch_pending_norm();
         src.x = mm.x;
@@ -652,14 +574,14 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
 }
 
 void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda::Q8Source src, float* swiglu_out) {
-    const size_t bytes = weight_bytes(jobs, n_jobs);
-    const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && bytes <= kQ8InKernelMaxWeightBytes &&
+    size_t weight_bytes = 0;
+    for (int j = 0; j < n_jobs; ++j) weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
                            cuda::aligned16(src.x) && cuda::aligned16(src.norm_weight) &&
-                           cuda::aligned16(src.norm_out) && cuda::aligned16(src.parts) &&
-                           cuda::aligned16(src.parts_sum);
+                           cuda::aligned16(src.norm_out);
     if (q8_staged_only_ && !(in_kernel && cuda::matvec_q8_staged(jobs, n_jobs, K, swiglu_out, q8_staged_sms_)))
         throw Error("cuda backend: METALLIC_CUDA_Q8_STAGED_ONLY=1, but a " + std::to_string(K) + "-wide product of " +
-                    std::to_string(bytes) + " bytes cannot take the staged matvec");
+                    std::to_string(weight_bytes) + " bytes cannot take the staged matvec");
     if (!in_kernel) {
         ensure_q8(K);
         cuda::launch_quantize_q8(src.x, K, src.norm_weight, src.eps, src.norm_out, q8_in_, pdl_, enq());
@@ -865,57 +787,17 @@ void CudaBackend::end_step() {
 
 void CudaBackend::launch_pending_norm() {
     if (!norm_.active) return;
-    if (parts_.active && norm_.x == parts_.x) add_pending_parts();
     norm_.active = false;
     cuda::launch_rms_norm(norm_.x, norm_.w, norm_.eps, norm_.rows, norm_.width, norm_.out, enq());
 }
 
-void CudaBackend::add_pending_parts() {
-    if (!parts_.active) return;
-    parts_.active = false;
-    cuda::launch_add_parts(parts_.x, o_parts_, parts_.n_parts, parts_.width, parts_.sum_written ? nullptr : parts_.o_out,
-                           enq());
-}
-
-bool CudaBackend::fold_o_projection(const cuda::AttentionArgs& held) {
-    if (!o_fold_ || mm_.n != 1 || mm_.swiglu_out || mm_.rows != 1 || norm_.active || rope_.active || !held.f16_cache)
-        return false;
-    const cuda::MatvecJob& job = mm_.jobs[0];
-    // The product of the attention's output alone, added into a residual row (by add()).
-    if (mm_.x != held.out || !job.residual || job.bias || job.residual == held.out || job.out == held.out ||
-        job.out == job.residual || !cuda::aligned16(job.residual) ||
-        !cuda::attention_o_foldable(job.w, held.n_heads, held.head_dim, o_fold_rows_))
-        return false;
-    const size_t need = size_t(held.n_heads) * size_t(job.w.N);
-    if (need > o_parts_floats_) {
-        if (mode_ != Mode::Eager) return false;  // no buffer grows while a step is recorded
-        grow(o_parts_, o_parts_floats_, need, "o projection partials");
-    }
-    add_pending_parts();  // an earlier fold's partials, if no product took them: o_parts_ is rewritten
-    cuda::AttentionArgs a = held;
-    a.o_w = job.w;
-    a.o_part = o_parts_;
-    a.o_rows_per_block = o_fold_rows_;
-    cuda::launch_attention(a, enq());
-    parts_ = PendingParts{true, job.residual, job.out, false, held.n_heads, job.w.N};
-    mm_.n = 0;
-    ++o_folds_;
-    return true;
-}
-
-void CudaBackend::flush(bool keep_parts) {
-    if (held_attn_.active) {
-        held_attn_.active = false;
-        if (fold_o_projection(held_attn_.a)) return;  // nothing else was pending
-        cuda::launch_attention(held_attn_.a, enq());
-    }
+void CudaBackend::flush() {
     if (rope_.active) {
         rope_.active = false;
         cuda::launch_rope(rope_.q, rope_.k, rope_.rows, d_pos_, rope_.shape.n_heads, rope_.shape.n_kv_heads,
                           rope_.shape.head_dim, rope_.freq, rope_.neox, enq());
     }
     if (mm_.n == 0) {
-        if (!keep_parts) add_pending_parts();
         launch_pending_norm();
         return;
     }
@@ -927,32 +809,6 @@ void CudaBackend::flush(bool keep_parts) {
     // The fused launch reads norm_.x in every block: nothing in it may write there.
     for (int j = 0; fuse_norm && j < mm.n; ++j)
         if (mm.jobs[j].out == norm_.x || mm.jobs[j].residual == norm_.x) fuse_norm = false;
-    if (parts_.active) {
-        // A fold's partials go into this product where its integer kernels take them: into the
-        // input of its fused rms_norm (gate and up), or into the residual it adds to (down; once
-        // the o output was written). Any other use of x gets them added first.
-        const bool norm_takes = fuse_norm && norm_.x == parts_.x && norm_.width == parts_.width && q8_input_takes_parts(mm);
-        bool res_takes = false;
-        bool touches = mm.x == parts_.x || (norm_.active && norm_.x == parts_.x && !norm_takes);
-        for (int j = 0; j < mm.n; ++j) {
-            if (mm.jobs[j].out == parts_.x) touches = true;
-            if (mm.jobs[j].residual == parts_.x) {
-                if (mm.jobs[j].w.N == parts_.width) res_takes = true;
-                else touches = true;
-            }
-        }
-        const bool keep = q8_takes(mm) && !touches && norm_takes != res_takes && (!res_takes || parts_.sum_written);
-        if (!keep) {
-            add_pending_parts();
-        } else if (res_takes) {
-            for (int j = 0; j < mm.n; ++j)
-                if (mm.jobs[j].residual == parts_.x) {
-                    mm.jobs[j].residual_parts = o_parts_;
-                    mm.jobs[j].n_residual_parts = parts_.n_parts;
-                }
-            parts_.active = false;
-        }
-    }
     if (flush_q8(mm, fuse_norm)) return;
     if (mm.rows <= cuda::kMaxMatvecRows) {
         cuda::MatvecInput in;
@@ -1151,8 +1007,7 @@ void CudaBackend::embed(const WeightTensor& table, const int32_t* ids, int rows,
 void CudaBackend::rms_norm(const Buffer& x, const WeightTensor& weight, float eps, int rows, int width, Buffer& out) {
     if (record(Sig().add(2).add(x.data).add(weight.device).add(uint64_t(rows)).add(uint64_t(width)).add(out.data)))
         return;
-    // A fold's partials for x stay pending: the product that this norm feeds takes them.
-    flush(x.f32() == parts_.x && out.f32() != x.f32());
+    flush();
     norm_.active = true;
     norm_.x = x.f32();
     norm_.w = static_cast<const float*>(weight.device);
@@ -1253,7 +1108,6 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
     if (decode && step_ && step_attention_ && !to_step && step_takes_all_)
         throw Error("cuda backend: METALLIC_CUDA_STEP=1, but the decode-step kernel does not take this attention");
     if (to_step) step_->add_attention(a);
-    else if (decode && o_fold_) held_attn_ = HeldAttention{true, a};  // the o projection may fold into it
     else cuda::launch_attention(a, enq());
 }
 

@@ -249,8 +249,6 @@ void put(MatvecJob& d, const MatvecJob& s) {
     d.bias = s.bias;
     d.out = s.out;
     d.residual = s.residual;
-    d.residual_parts = s.residual_parts;
-    d.n_residual_parts = s.n_residual_parts;
 }
 void put(Q8Source& d, const Q8Source& s) {
     d.x = s.x;
@@ -259,9 +257,6 @@ void put(Q8Source& d, const Q8Source& s) {
     d.norm_out = s.norm_out;
     d.pre.qs = s.pre.qs;
     d.pre.ds = s.pre.ds;
-    d.parts = s.parts;
-    d.n_parts = s.n_parts;
-    d.parts_sum = s.parts_sum;
 }
 void put(q8::Q8Params& d, const q8::Q8Params& s) {
     for (int j = 0; j < kMaxMatvecJobs; ++j) {
@@ -296,14 +291,6 @@ void put(attn::DecodeArgs& d, const attn::DecodeArgs& s) {
     d.part = s.part;
     d.counters = s.counters;
     d.out = s.out;  // trace: left zero
-    d.ow = s.ow;
-    d.o_row_bytes = s.o_row_bytes;
-    d.o_n = s.o_n;
-    d.o_seg = s.o_seg;
-    d.o_rows = s.o_rows;
-    d.replicas = s.replicas;
-    d.o_smem = s.o_smem;
-    d.o_part = s.o_part;
 }
 
 }  // namespace
@@ -356,10 +343,9 @@ bool DecodeStep::takes_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8
     if (sms_ <= 0 || !src.x || K % 32 != 0 || K > kQ8MaxK) return false;
     if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kWorkBytes)) return false;
     if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
-    if (src.n_parts) return false;  // a folded o projection's partials: the ordinary kernels take them
     size_t bytes = 0;
     for (int j = 0; j < n_jobs; ++j) {
-        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K || jobs[j].n_residual_parts) return false;
+        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K) return false;
         bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
     }
     return bytes <= max_phase_bytes_;

@@ -70,15 +70,6 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
         x[i] += y[i];
 }
 
-__global__ void add_parts_kernel(float* x, const float* parts, int n_parts, int64_t n, float* sum_out) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float t = 0.0f;
-        for (int h = 0; h < n_parts; ++h) t += parts[h * n + i];
-        x[i] += t;
-        if (sum_out) sum_out[i] = t;
-    }
-}
-
 template <typename T>
 __device__ __forceinline__ T to_cache(float v);
 template <> __device__ __forceinline__ float to_cache<float>(float v) { return v; }
@@ -305,11 +296,6 @@ void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cu
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
     add_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, y, n);
     MN_CUDA_CHECK_LAUNCH("add_kernel");
-}
-
-void launch_add_parts(float* x, const float* parts, int n_parts, int64_t n, float* sum_out, cudaStream_t stream) {
-    add_parts_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, parts, n_parts, n, sum_out);
-    MN_CUDA_CHECK_LAUNCH("add_parts_kernel");
 }
 
 void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,

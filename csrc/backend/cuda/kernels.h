@@ -44,17 +44,9 @@ struct MatvecJob {
     const float* bias = nullptr;
     float* out = nullptr;
     float* residual = nullptr;
-    // The integer matvec only (matvec_q8.cu): per-head partials of an o projection folded into
-    // the decode attention ([n_residual_parts][w.N], AttentionArgs::o_w; at most kMaxFoldParts)
-    // that the residual still lacks; it becomes (residual + (parts[0] + ... + parts[n - 1])) + out,
-    // the partials summed in that order (the o projection's output, then added as add() would).
-    const float* residual_parts = nullptr;
-    int n_residual_parts = 0;
 };
 
 constexpr int kMaxMatvecJobs = 3;
-// The most per-head partials of a folded o projection (the lanes of a warp sum them: two rows each).
-constexpr int kMaxFoldParts = 16;
 constexpr int kMaxMatvecRows = 8;
 
 // The input every job of one launch shares: x [rows][K]. With norm_weight set
@@ -89,20 +81,12 @@ constexpr int kQ8FusedMaxK = 8192;
 // Where a launch's input comes from: the float row x (16-byte aligned; rms_norm(x) * norm_weight
 // when norm_weight is set, which block 0 then also writes to norm_out when that is set), quantized
 // inside the matvec (K <= kQ8FusedMaxK); or, with x null, `pre`, written by launch_quantize_q8.
-//
-// With n_parts > 0 (matvec_q8_takes_parts), x still lacks the per-head partials of an o projection
-// folded into the decode attention ([n_parts][K], AttentionArgs::o_w, 16-byte aligned): the row
-// used (and normalized) is x + (parts[0] + ... + parts[n_parts - 1]), the partials summed in that
-// order, and block 0 also writes their sum (the o projection's output) to parts_sum when set.
 struct Q8Source {
     const float* x = nullptr;
     const float* norm_weight = nullptr;
     float eps = 0.0f;
     float* norm_out = nullptr;
     Q8Input pre;
-    const float* parts = nullptr;
-    int n_parts = 0;
-    float* parts_sum = nullptr;
 };
 // q8 = quantize(x), or of rms_norm(x) * norm_weight when norm_weight is set (then also written
 // to norm_out when that is set). K: a multiple of 32.
@@ -124,9 +108,6 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
 void prepare_matvec_q8();
 // Whether launch_matvec_q8 would take these jobs (in-kernel input) to the staged kernel.
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
-// Whether it takes them with an input that lacks a fold's partials (Q8Source::parts): the staged
-// SwiGLU kernel only (an mn::Error elsewhere).
-bool matvec_q8_takes_parts(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.
@@ -193,10 +174,6 @@ void launch_embed(const QMatrix& table, const int32_t* ids, int rows, float* out
 void launch_rms_norm(const float* x, const float* w, float eps, int rows, int width, float* out, cudaStream_t stream);
 void launch_swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
-// sum_out[i] = parts[0][i] + ... + parts[n_parts - 1][i] (in that order, as the integer matvecs
-// sum them: Q8Source::parts) and x[i] += that sum, for i < n (sum_out may be null); parts is
-// [n_parts][n]. The per-head partials of a folded o projection, added where no product took them.
-void launch_add_parts(float* x, const float* parts, int n_parts, int64_t n, float* sum_out, cudaStream_t stream);
 // Rotates q and k in place for positions *pos0 .. *pos0 + rows - 1 (pos0 read on the device);
 // inv_freq[i] = base^(-2i / head_dim) for i < head_dim / 2, on the device.
 void launch_rope(float* q, float* k, int rows, const int* pos0, int n_heads, int n_kv_heads, int head_dim,
@@ -246,25 +223,12 @@ struct AttentionArgs {
     // 16 slots with each tile's keys split over two warps; 42 = 2 groups, keys split over four;
     // anything else = 22 (the fastest measured on both Qwen2.5 geometries).
     int prefill_tc = 1;
-    // Decode (fused kernel, f16 cache): the o projection folded in (o_w.data null: not folded).
-    // Each head's output, quantized to 8 bits as the integer matvec quantizes its input, is
-    // multiplied by that head's columns of o_w, giving o_part[h][0, N) (N = o_w.N); the caller
-    // sums the heads' partials (Q8Source::parts, MatvecJob::residual_parts). Up to
-    // o_rows_per_block output rows per block: a one-chunk step runs ceil(N / o_rows_per_block)
-    // replicas of each head's attention, each folding its share of the rows (attention_o_foldable).
-    QMatrix o_w;
-    float* o_part = nullptr;
-    int o_rows_per_block = 128;
 };
 // Whether launch_attention runs these arguments as one fused decode kernel (one row: RoPE,
 // the KV store, the chunked attention and their combine), which needs AttentionArgs.counters.
 inline bool attention_decode_fused(int rows, int head_dim, bool thread_per_key) {
     return rows == 1 && head_dim % 32 == 0 && head_dim <= 256 && !thread_per_key;
 }
-// Whether the fused decode kernel can fold an o projection of weights w (32-element blocks of Q4_0,
-// Q5_0 or Q8_0, K = n_heads * head_dim, N a multiple of 4) into attention with rows_per_block
-// rows per block (its shared memory and grid).
-bool attention_o_foldable(const QMatrix& w, int n_heads, int head_dim, int rows_per_block);
 size_t attention_scratch_floats(int rows, int n_heads, int head_dim, int n_ctx);
 void launch_attention(const AttentionArgs& a, cudaStream_t stream);
 // ---- attention_prefill.cu: many query rows over an f16 cache (head_dim 64 or 128), on tensor

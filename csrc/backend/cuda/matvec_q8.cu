@@ -161,9 +161,7 @@ constexpr size_t kStagedMaxSmem = size_t(46) << 10;
 // sitting beside the large products' thousands of blocks slowed those).
 constexpr size_t kStagedMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
 
-// PARTS: the input lacks a fold's partials (Q8Source::parts; compiled for SwiGLU products only,
-// the one kind that follows a folded o projection's residual add: gate and up).
-template <bool SWIGLU, TensorType FIXED, bool PARTS = false>
+template <bool SWIGLU, TensorType FIXED>
 __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const Q8Params p) {
     MN_TRACE_BEGIN;
     pdl_launch_dependents();
@@ -179,7 +177,7 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
     MN_TRACE(1);
     int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
     float2* d = reinterpret_cast<float2*>(q + p.K);
-    quantize_row_to_shared<kStagedThreads, false, PARTS>(p.src, p.K, q, d);
+    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d);
     MN_TRACE(2);
     cp_async_wait_all();
     __syncthreads();
@@ -301,18 +299,12 @@ void prepare_matvec_q8() {
                                                cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
             MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T>,
                                                cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T, true>,
-                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
         });
     }
 }
 
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
     return staged_plan(jobs, n_jobs, K, swiglu, sms).blocks > 0;
-}
-
-bool matvec_q8_takes_parts(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
-    return swiglu && K <= kQ8FusedMaxK && matvec_q8_staged(jobs, n_jobs, K, swiglu, sms);
 }
 
 namespace q8 {
@@ -370,8 +362,6 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
                       int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream,
                       const TraceSink* trace) {
     if (src.x ? K > kQ8FusedMaxK : !src.pre.qs) throw Error("cuda matvec_q8: no usable input");
-    if (src.n_parts && !matvec_q8_takes_parts(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms))
-        throw Error("cuda matvec_q8: a fold's partials in the input need the staged SwiGLU kernel");
     Q8Params p = make_params(jobs, n_jobs, K, src, swiglu_out);
     const int groups = p.n_groups;
 #ifdef MN_CUDA_TRACE
@@ -387,10 +377,8 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             p.stage_bytes = plan.stage_bytes;
             with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
                 constexpr TensorType T = decltype(tag)::value;
-                auto kernel = !swiglu_out   ? matvec_q8_staged_kernel<false, T>
-                              : src.n_parts ? matvec_q8_staged_kernel<true, T, true>
-                                            : matvec_q8_staged_kernel<true, T>;
-                launch_kernel(pdl, kernel, dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
+                launch_kernel(pdl, swiglu_out ? matvec_q8_staged_kernel<true, T> : matvec_q8_staged_kernel<false, T>,
+                              dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
             });
             MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
             return;

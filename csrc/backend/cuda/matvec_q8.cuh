@@ -301,42 +301,6 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
     return float(1.0 / sqrt(t / K + double(eps)));
 }
 
-// Adds the partials of a folded o projection (Q8Source::parts), summed part by part in order, to
-// the 4 W values of the row at i (v[4 w + e] is element i + 4 w + e); `sum` (when set) gets their
-// sum. Loads go out 8 at a time: one loop trip per part would wait a full L2 round trip for each
-// of a 0.5B's 14 heads.
-template <bool COHERENT, int W>
-__device__ __forceinline__ void add_parts(const Q8Source& src, int K, int i, float* v, float* sum) {
-    constexpr int kBatch = 8 / W;
-    float t[4 * W];
-#pragma unroll
-    for (int e = 0; e < 4 * W; ++e) t[e] = 0.0f;
-    for (int h0 = 0; h0 < src.n_parts; h0 += kBatch) {
-        float4 p[kBatch][W];
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b)
-#pragma unroll
-            for (int w = 0; w < W; ++w)
-                if (h0 + b < src.n_parts) p[b][w] = ldx<COHERENT>(src.parts + size_t(h0 + b) * K + i + 4 * w);
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-            if (h0 + b >= src.n_parts) break;
-#pragma unroll
-            for (int w = 0; w < W; ++w) {
-                const float q[4] = {p[b][w].x, p[b][w].y, p[b][w].z, p[b][w].w};
-#pragma unroll
-                for (int e = 0; e < 4; ++e) t[4 * w + e] += q[e];
-            }
-        }
-    }
-#pragma unroll
-    for (int e = 0; e < 4 * W; ++e) v[e] += t[e];
-    if (sum)
-#pragma unroll
-        for (int w = 0; w < W; ++w)
-            *reinterpret_cast<float4*>(sum + i + 4 * w) = make_float4(t[4 * w], t[4 * w + 1], t[4 * w + 2], t[4 * w + 3]);
-}
-
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
 // 32 (8 values per lane, two 16-byte loads), kTrips groups per thread per round trip to L2.
@@ -347,23 +311,18 @@ __device__ __forceinline__ void add_parts(const Q8Source& src, int K, int i, flo
 // although its down projection's 4864-wide row then takes 3 round trips. COHERENT rows that
 // one pass covers are read once (the sum of squares from the registers): each read is an L2
 // round trip there.
-// PARTS: the row still lacks a fold's partials (src.parts; compiled apart: their loads raise the
-// registers of every kernel that has them).
-template <int THREADS, bool COHERENT = false, bool PARTS = false>
+template <int THREADS, bool COHERENT = false>
 __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd) {
     constexpr int kTrips = 1;
     constexpr int kPerTrip = THREADS * 8;
     const int tid = threadIdx.x;
-    // Also one pass for a row that still lacks a fold's partials: they would be read twice.
-    const bool one_pass = (COHERENT || PARTS) && K <= kTrips * kPerTrip;
+    const bool one_pass = COHERENT && K <= kTrips * kPerTrip;
     float inv = 1.0f;
     if (src.norm_weight && !one_pass) {
         double ss = 0.0;
         for (int i = 4 * tid; i < K; i += 4 * THREADS) {
-            const float4 x4 = ldx<COHERENT>(src.x + i);
-            float v[4] = {x4.x, x4.y, x4.z, x4.w};
-            if constexpr (PARTS) add_parts<COHERENT, 1>(src, K, i, v, nullptr);
-            ss += double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2] + double(v[3]) * v[3];
+            const float4 v = ldx<COHERENT>(src.x + i);
+            ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
         }
         inv = block_inv_rms<THREADS>(ss, K, src.eps);
     }
@@ -377,7 +336,6 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
                 const float4 a = ldx<COHERENT>(src.x + i), b = ldx<COHERENT>(src.x + i + 4);
                 v[t][0] = a.x; v[t][1] = a.y; v[t][2] = a.z; v[t][3] = a.w;
                 v[t][4] = b.x; v[t][5] = b.y; v[t][6] = b.z; v[t][7] = b.w;
-                if constexpr (PARTS) add_parts<COHERENT, 2>(src, K, i, v[t], blockIdx.x == 0 ? src.parts_sum : nullptr);
             }
         }
         if (src.norm_weight && one_pass) {  // one trip of the loop: every thread is here
@@ -462,10 +420,8 @@ __device__ __forceinline__ bool group_rows(const Q8Params& p, int group, int& j,
 }
 
 // A row group's outputs: bias, the residual add, or SwiGLU (the two rows are gate and up).
-// parts[r]: the sum of a fold's partials for row n0 + r (job.residual_parts; fold_parts).
 template <bool SWIGLU>
-__device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, const float acc[2],
-                                            const float parts[2]) {
+__device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, const float acc[2]) {
     if (SWIGLU) {
         const MatvecJob& g = p.jobs[0];
         const MatvecJob& u = p.jobs[1];
@@ -484,31 +440,13 @@ __device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, co
         if (n >= job.w.N) break;
         const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
         job.out[n] = v;
-        if (job.residual) job.residual[n] = (job.n_residual_parts ? job.residual[n] + parts[r] : job.residual[n]) + v;
+        if (job.residual) job.residual[n] += v;
     }
 }
 
 // The block's warps on one row group each (wpg warps per group): the two rows' dot products,
 // summed over the group's warps, stored by its first lane. Every warp of the block calls it
 // (live or not): it synchronizes the block when wpg > 1. SH: the rows are in shared memory.
-// The sums of a fold's partials (MatvecJob::residual_parts) for rows n0 and n0 + 1 of job j, in
-// part order, for every lane of the warp: lane 2h + r loads part h of row n0 + r (issued before
-// the dot products, which hide the round trip), then each lane gathers them in order.
-struct FoldParts {
-    float mine = 0.0f;
-    __device__ __forceinline__ void load(const MatvecJob& job, bool live, int n0) {
-        const int lane = threadIdx.x & 31, h = lane >> 1, n = min(n0 + (lane & 1), job.w.N - 1);
-        if (live && h < job.n_residual_parts) mine = job.residual_parts[size_t(h) * job.w.N + n];
-    }
-    __device__ __forceinline__ void sum(int n_parts, float out[2]) const {
-        out[0] = out[1] = 0.0f;
-        for (int h = 0; h < n_parts; ++h) {
-            out[0] += __shfl_sync(0xffffffffu, mine, 2 * h);
-            out[1] += __shfl_sync(0xffffffffu, mine, 2 * h + 1);
-        }
-    }
-};
-
 template <bool SWIGLU, TensorType FIXED, bool PRE, bool SH>
 __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, int n0, const uint8_t* r0,
                                            const uint8_t* r1, const int8_t* sq, const float2* sd,
@@ -516,10 +454,6 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpg = p.wpg, sub = wi % wpg;
     const int first = lane + 32 * sub, stride = 32 * wpg;
-    // Every warp of the launch reaches here (live or not) with the same job list: n_parts is uniform.
-    const int n_parts = SWIGLU ? 0 : p.jobs[live ? j : 0].n_residual_parts;
-    FoldParts fp;
-    if (!SWIGLU && n_parts && live) fp.load(p.jobs[j], true, n0);
     float acc[2] = {0.0f, 0.0f};
     if (live && FIXED != TensorType::F32) {
         rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE, SH>(r0, r1, p.K, sq, sd, first, stride, acc);
@@ -555,9 +489,7 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
         }
         __syncthreads();  // red is written again by the next group
     }
-    float parts[2] = {0.0f, 0.0f};
-    if (!SWIGLU && n_parts) fp.sum(n_parts, parts);
-    if (live && sub == 0 && lane == 0) store_group<SWIGLU>(p, j, n0, acc, parts);
+    if (live && sub == 0 && lane == 0) store_group<SWIGLU>(p, j, n0, acc);
 }
 
 // Rows [n_lo, n_hi) of job j that the groups [g_begin, g_end) cover (n_lo == n_hi: none).
