@@ -292,6 +292,11 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #   c32       (with the fp32 matvec) the fused decode kernel with chunks of 32 keys: after
     #             the 70-token prefill the steps attend over 3 chunks, which the last block of
     #             each head combines (the default chunk, 256 keys, holds them all in one).
+    #             By default the fused kernel copies each chunk's first keys and values into
+    #             shared memory before its wait (at head_dim 64 with an f32 cache 64 of the
+    #             71-82 keys fit and the rest are read from the cache; otherwise all of them);
+    #   unst      (with the fp32 matvec) the fused decode kernel reading every key and value
+    #             from the cache (METALLIC_CUDA_ATTN_STAGE=0).
     # A 70-token prefill first, then 12 decode steps.
     path = write_model(tmp_path / "m.gguf", arch="qwen2", wtype=wtype, seed=4, **geometry(wtype))
     rng = np.random.default_rng(9)
@@ -301,7 +306,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
              "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK", "METALLIC_CUDA_STEP",
-             "METALLIC_CUDA_STEP_ATTN")
+             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_ATTN_STAGE")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
@@ -313,7 +318,8 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
                      ("step", {"METALLIC_CUDA_STEP": "1"}),
                      ("step_c32", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
                      ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"}),
-                     ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"})):
+                     ("c32", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
+                     ("unst", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_STAGE": "0"})):
         for k in knobs:
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
@@ -329,6 +335,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     for pos in range(len(tokens)):
         assert rel(runs["tpk"][pos], runs["f32"][pos]) < 1e-4, pos
         assert rel(runs["c32"][pos], runs["f32"][pos]) < 1e-4, pos
+        assert rel(runs["unst"][pos], runs["f32"][pos]) < 1e-4, pos
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos

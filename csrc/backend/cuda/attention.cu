@@ -233,11 +233,11 @@ __global__ void attn_combine_kernel(const float* __restrict__ part, const int* p
 
 // Decode in one launch: grid (n_splits, n_heads), one block per (chunk of keys, query head)
 // (attention_decode.cuh).
-template <typename T, int DPL>
+template <typename T, int DPL, bool STAGE>
 __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
     pdl_launch_dependents();
-    extern __shared__ float smem[];
-    attn_decode_item<T, DPL, kThreads, true>(a, blockIdx.x, blockIdx.y, smem);
+    extern __shared__ __align__(16) float smem[];
+    attn_decode_item<T, DPL, kThreads, true, STAGE>(a, blockIdx.x, blockIdx.y, smem);
 }
 
 // Prefill: a block takes 16 query rows of one head and walks the keys in
@@ -371,8 +371,11 @@ template <typename T>
 using DecodeKernel = void (*)(const DecodeArgs);
 
 template <typename T>
-DecodeKernel<T> decode_kernel_for(int hd) {
-    return with_dpl(hd, [](auto dpl) -> DecodeKernel<T> { return attn_decode_kernel<T, decltype(dpl)::value>; });
+DecodeKernel<T> decode_kernel_for(int hd, bool stage) {
+    return with_dpl(hd, [stage](auto dpl) -> DecodeKernel<T> {
+        constexpr int D = decltype(dpl)::value;
+        return stage ? attn_decode_kernel<T, D, true> : attn_decode_kernel<T, D, false>;
+    });
 }
 
 }  // namespace
@@ -391,7 +394,17 @@ DecodeArgs make_decode_args(const AttentionArgs& a, int threads) {
     if (sizeof(float) * size_t(decode_smem_floats(threads, a.head_dim, keys_cap)) > 48 * 1024)
         throw Error("cuda attention: n_ctx " + std::to_string(a.n_ctx) + " needs more shared memory than supported");
     DecodeArgs d{a.q, a.k, a.v, a.k_cache, a.v_cache, a.n_ctx, a.pos0, a.n_heads, a.n_kv_heads, a.head_dim,
-                 single, plan.n_splits, keys_cap, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out};
+                 single, plan.n_splits, keys_cap, a.rope_freq, a.rope_neox, a.scratch, a.counters, a.out, 0};
+    if (a.stage_kv) {
+        // As many keys as fit kAttnStageSmem beside the floats (a multiple of 16, at most
+        // kAttnStageKeys); fewer than 16: not worth a copy.
+        const int elem = a.f16_cache ? 2 : 4;
+        const size_t used = decode_smem_bytes(threads, a.head_dim, keys_cap, 0, elem) + 16;
+        const size_t per_key = 2 * size_t(a.head_dim) * elem;
+        const int fit = used < kAttnStageSmem ? int((kAttnStageSmem - used) / per_key) : 0;
+        const int keys = std::min({kAttnStageKeys, fit, keys_cap}) / 16 * 16;
+        d.stage_keys = keys >= 16 ? keys : 0;
+    }
     return d;
 }
 
@@ -408,10 +421,12 @@ void launch_attention(const AttentionArgs& a, cudaStream_t stream) {
 #ifdef MN_CUDA_TRACE
         if (a.trace) d.trace = *a.trace;
 #endif
-        const size_t smem = sizeof(float) * size_t(decode_smem_floats(kThreads, hd, d.keys_cap));
+        const size_t smem = decode_smem_bytes(kThreads, hd, d.keys_cap, d.stage_keys, a.f16_cache ? 2 : 4);
         const dim3 grid(d.n_splits, a.n_heads);
-        if (a.f16_cache) launch_kernel(a.pdl, decode_kernel_for<__half>(hd), grid, dim3(kThreads), smem, stream, d);
-        else launch_kernel(a.pdl, decode_kernel_for<float>(hd), grid, dim3(kThreads), smem, stream, d);
+        const bool stage = d.stage_keys > 0;
+        if (a.f16_cache)
+            launch_kernel(a.pdl, decode_kernel_for<__half>(hd, stage), grid, dim3(kThreads), smem, stream, d);
+        else launch_kernel(a.pdl, decode_kernel_for<float>(hd, stage), grid, dim3(kThreads), smem, stream, d);
         MN_CUDA_CHECK_LAUNCH("attn_decode_kernel");
         return;
     }

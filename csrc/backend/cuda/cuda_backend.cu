@@ -255,6 +255,7 @@ private:
     bool q8_enabled_ = true;
     bool attn_thread_per_key_ = false;  // METALLIC_CUDA_ATTN_THREAD_PER_KEY=1: the older split kernel
     int attn_decode_chunk_ = cuda::kAttnDecodeChunk;  // METALLIC_CUDA_ATTN_DECODE_CHUNK: one-chunk limit (keys)
+    bool attn_stage_kv_ = true;  // METALLIC_CUDA_ATTN_STAGE=0: the decode attention reads the cache through L2
     int attn_prefill_tc_ = 1;  // METALLIC_CUDA_ATTN_PREFILL: tensor-core prefill attention variant (0: off)
     int q8_warps_ = 0;  // warps per row pair of the integer matvec (0: chosen by width)
     // Optional grid cap of the integer matvec (blocks then walk several row groups, and fewer
@@ -324,6 +325,7 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     // METALLIC_CUDA_ATTN_PREFILL=0: the fp32 prefill tile kernel instead of tensor cores (A/B tests).
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_PREFILL")) attn_prefill_tc_ = std::atoi(q);
     if (const char* q = std::getenv("METALLIC_CUDA_ATTN_DECODE_CHUNK")) attn_decode_chunk_ = std::atoi(q);
+    if (const char* q = std::getenv("METALLIC_CUDA_ATTN_STAGE")) attn_stage_kv_ = std::string(q) != "0";
     int cc_major = 0;
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device_));
     pdl_ = cc_major >= 9;
@@ -1086,6 +1088,7 @@ void CudaBackend::attention(const Buffer& q, const Buffer& k, const Buffer& v, K
         a.counters = attn_counters_;
         a.pdl = pdl_;
         a.decode_chunk = attn_decode_chunk_;
+        a.stage_kv = attn_stage_kv_;
     }
     a.q = q.f32();
     a.k = k.f32();

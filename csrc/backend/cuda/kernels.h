@@ -194,6 +194,10 @@ constexpr int kAttnSplit = 32;
 // fence, a counter and a second read of the partials: ~3 us of a 0.5B layer at 2-4 chunks of
 // 32); longer contexts spread over the split plan's blocks in chunks of >= kAttnSplit keys.
 constexpr int kAttnDecodeChunk = 256;
+// The fused decode attention's staged keys (AttentionArgs::stage_kv): at most this many keys of
+// a chunk, within this much dynamic shared memory per block (under the 48 KB that needs no opt-in).
+constexpr int kAttnStageKeys = 128;
+constexpr size_t kAttnStageSmem = size_t(40) << 10;
 struct AttentionArgs {
     const float* q = nullptr;   // [rows][n_heads * head_dim]
     const float* k = nullptr;   // [rows][n_kv_heads * head_dim], stored into the cache first
@@ -217,6 +221,9 @@ struct AttentionArgs {
     int* counters = nullptr;
     bool pdl = false;  // the fused decode kernel as a programmatic dependent launch (common.cuh)
     int decode_chunk = kAttnDecodeChunk;  // the fused decode kernel's one-chunk limit (kAttnDecodeChunk)
+    // The fused decode kernel copies a chunk's first keys and values on chip before its wait
+    // (attention_decode.cuh, STAGE); false for comparisons.
+    bool stage_kv = true;
     const TraceSink* trace = nullptr;  // decode timeline (MN_CUDA_TRACE builds; common.cuh)
     // Prefill on tensor cores (attention_prefill.cu) where it covers the shape: 0 = never (the fp32
     // tile kernel, for comparisons); 2 or 4 = that many warps per block; 22, 24 = 2 or 4 groups of
