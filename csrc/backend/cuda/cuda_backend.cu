@@ -576,8 +576,7 @@ bool CudaBackend::flush_q8(const PendingMatmul& mm, bool fuse_norm) {
 }
 
 void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda::Q8Source src, float* swiglu_out) {
-    size_t weight_bytes = 0;
-    for (int j = 0; j < n_jobs; ++j) weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    const size_t weight_bytes = cuda::matvec_weight_bytes(jobs, n_jobs);
     const bool in_kernel = !q8_prequantize_ && K <= cuda::kQ8FusedMaxK && weight_bytes <= kQ8InKernelMaxWeightBytes &&
                            cuda::aligned16(src.x) && cuda::aligned16(src.norm_weight) &&
                            cuda::aligned16(src.norm_out);

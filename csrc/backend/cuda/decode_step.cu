@@ -343,12 +343,9 @@ bool DecodeStep::takes_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8
     if (sms_ <= 0 || !src.x || K % 32 != 0 || K > kQ8MaxK) return false;
     if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kWorkBytes)) return false;
     if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
-    size_t bytes = 0;
-    for (int j = 0; j < n_jobs; ++j) {
+    for (int j = 0; j < n_jobs; ++j)
         if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K) return false;
-        bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
-    }
-    return bytes <= max_phase_bytes_;
+    return matvec_weight_bytes(jobs, n_jobs) <= max_phase_bytes_;
 }
 
 bool DecodeStep::takes_attention(const AttentionArgs& a) const {

@@ -108,6 +108,9 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
 void prepare_matvec_q8();
 // Whether launch_matvec_q8 would take these jobs (in-kernel input) to the staged kernel.
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int staged_sms);
+// The weight bytes of these jobs in all (the size bounds of the staged kernel, the in-kernel
+// input and the decode-step kernel are on it).
+size_t matvec_weight_bytes(const MatvecJob* jobs, int n_jobs);
 
 // ---- gemm.cu: many activation rows (prefill) on tensor cores. ----
 // out[r] = W x[r] (+ bias) (residual[r] += out[r] when set); x is [rows][K] fp32.

@@ -303,6 +303,12 @@ void prepare_matvec_q8() {
     }
 }
 
+size_t matvec_weight_bytes(const MatvecJob* jobs, int n_jobs) {
+    size_t bytes = 0;
+    for (int j = 0; j < n_jobs; ++j) bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
+    return bytes;
+}
+
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
     return staged_plan(jobs, n_jobs, K, swiglu, sms).blocks > 0;
 }
@@ -340,8 +346,8 @@ GroupShape group_shape(const MatvecJob* jobs, int n_jobs, bool swiglu) {
         s.group_bytes = swiglu ? jobs[0].w.row_bytes + jobs[n_jobs - 1].w.row_bytes
                                : std::max(s.group_bytes, 2 * jobs[j].w.row_bytes);
         s.unit_elems = std::min(s.unit_elems, unit_elems(jobs[j].w.type));
-        s.weight_bytes += jobs[j].w.row_bytes * size_t(jobs[j].w.N);
     }
+    s.weight_bytes = matvec_weight_bytes(jobs, n_jobs);
     return s;
 }
 
