@@ -274,7 +274,12 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #   st, st2   the staged matvec (weights copied to shared memory before the wait; the
     #             default without the decode-step kernel, here required for every product),
     #             planned for the device's SMs and for 2 SMs (many groups per block, up to 4
-    #             blocks per SM);
+    #             blocks per SM), a warp or more per row group (the other kernels' sums);
+    #   st2_auto, st2_l2  the same for 2 SMs with the plan's lanes per row group (a few lanes of
+    #             a warp per group where the rows are short and the block holds many) and with 2
+    #             lanes per group: the same products summed in another order, whose last-bit
+    #             differences the next product's 8-bit input can turn into whole quantization
+    #             steps (seen at 2 of 12 steps), so compared to w1 at the f32 bound below;
     #   step_na   the persistent decode-step kernel (decode_step.cu; opt-in, and with
     #             METALLIC_CUDA_STEP=1 a decode matvec or attention it does not take is an error,
     #             so these runs go through it) for the matvecs, attention apart: the same sums as
@@ -306,14 +311,19 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
              "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK", "METALLIC_CUDA_STEP",
-             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_ATTN_STAGE")
+             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_ATTN_STAGE", "METALLIC_CUDA_Q8_LANES")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
                      ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
-                     ("st", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("st", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED_ONLY": "1",
+                             "METALLIC_CUDA_Q8_LANES": "32"}),
                      ("st2", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED": "2",
-                              "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                              "METALLIC_CUDA_Q8_STAGED_ONLY": "1", "METALLIC_CUDA_Q8_LANES": "32"}),
+                     ("st2_auto", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED": "2",
+                                   "METALLIC_CUDA_Q8_STAGED_ONLY": "1"}),
+                     ("st2_l2", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED": "2",
+                                 "METALLIC_CUDA_Q8_STAGED_ONLY": "1", "METALLIC_CUDA_Q8_LANES": "2"}),
                      ("step_na", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_ATTN": "0"}),
                      ("step", {"METALLIC_CUDA_STEP": "1"}),
                      ("step_c32", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
@@ -339,6 +349,9 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     for pos in range(len(tokens)):
         assert rel(runs["w1"][pos], runs["f32"][pos]) < 2e-2, pos
         assert cosine(runs["w1"][pos], runs["f32"][pos]) >= 0.999, pos
+        for key in ("st2_auto", "st2_l2"):
+            assert rel(runs[key][pos], runs["w1"][pos]) < 2e-2, (key, pos)
+            assert cosine(runs[key][pos], runs["w1"][pos]) >= 0.999, (key, pos)
         for key in ("step", "step_c32"):
             assert rel(runs[key][pos], runs["step_na"][pos]) < 2e-2, (key, pos)
             assert cosine(runs[key][pos], runs["step_na"][pos]) >= 0.999, (key, pos)

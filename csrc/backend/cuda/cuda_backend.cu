@@ -268,6 +268,9 @@ private:
     // when one of the switches above fixes the other kernel's shape.
     int q8_staged_sms_ = 0;
     bool q8_staged_only_ = false;  // METALLIC_CUDA_Q8_STAGED_ONLY=1 (tests): an error where it is not taken
+    // METALLIC_CUDA_Q8_LANES=2|4|8|16|32 fixes the staged matvec's lanes per row group where a warp
+    // covers a row (tests: 32 sums as the other kernels do); anything else: chosen per product.
+    int q8_staged_lanes_ = 0;
     // Decode timeline records (MN_CUDA_TRACE builds only; written at destruction to the file
     // METALLIC_CUDA_TRACE_FILE names; bench/cuda_decode_trace.py reads them).
     cuda::TraceSink trace_;
@@ -336,6 +339,10 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED")) q8_staged_sms_ = std::max(0, std::atoi(q));
     if (q8_warps_ > 0 || q8_max_blocks_ > 0 || q8_prequantize_) q8_staged_sms_ = 0;
     if (const char* q = std::getenv("METALLIC_CUDA_Q8_STAGED_ONLY")) q8_staged_only_ = std::string(q) == "1";
+    if (const char* q = std::getenv("METALLIC_CUDA_Q8_LANES")) {
+        const int l = std::atoi(q);
+        q8_staged_lanes_ = l >= 2 && l <= 32 && (l & (l - 1)) == 0 ? l : 0;
+    }
     cuda::prepare_matvec_q8();
     // Off unless asked for: on the H100 it decodes slower than the kernel chain (bench/RESULTS.md,
     // CUDA speed, session 8).
@@ -589,8 +596,8 @@ void CudaBackend::launch_q8(const cuda::MatvecJob* jobs, int n_jobs, int K, cuda
         src = cuda::Q8Source{};
         src.pre = q8_in_;
     }
-    cuda::launch_matvec_q8(jobs, n_jobs, K, src, swiglu_out, q8_warps_, q8_max_blocks_, q8_staged_sms_, pdl_, enq(),
-                           &trace_);
+    cuda::launch_matvec_q8(jobs, n_jobs, K, src, swiglu_out, q8_warps_, q8_max_blocks_, q8_staged_sms_,
+                           q8_staged_lanes_, pdl_, enq(), &trace_);
 }
 
 cudaStream_t CudaBackend::enq() {

@@ -267,6 +267,7 @@ void put(q8::Q8Params& d, const q8::Q8Params& s) {
     d.n_groups = s.n_groups;
     d.K = s.K;
     d.wpg = s.wpg;
+    d.lpg = s.lpg;
     d.groups_per_block = s.groups_per_block;
     d.stage_bytes = s.stage_bytes;
     put(d.src, s.src);

@@ -173,17 +173,22 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
     int off[kMaxMatvecJobs];
     stage_rows<SWIGLU, kStagedThreads>(p, g_begin, g_end, stage, src, off, true);
     cp_async_commit();
+    NormAhead na;
+    load_norm_ahead(p.src, p.K, na);
     pdl_wait();
     MN_TRACE(1);
     int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
     float2* d = reinterpret_cast<float2*>(q + p.K);
-    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d);
+    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d, &na);
     MN_TRACE(2);
     cp_async_wait_all();
     __syncthreads();
     MN_TRACE(3);
     __shared__ float red[kStagedWarps][2];
-    const int gib = int(threadIdx.x >> 5) / p.wpg, per_pass = kStagedWarps / p.wpg;
+    // This lane's group in a pass (lanes of one group: a warp or more, or p.lpg of a warp).
+    const int gpw = 32 / p.lpg;
+    const int gib = int(threadIdx.x >> 5) / p.wpg * gpw + int(threadIdx.x & 31) / p.lpg;
+    const int per_pass = kStagedWarps / p.wpg * gpw;
     for (int g0 = g_begin; g0 < g_end; g0 += per_pass) {
         int j = 0, n0 = 0;
         const uint8_t* r0 = nullptr;
@@ -255,12 +260,14 @@ struct StagedPlan {
     int groups_per_block = 0;
     int stage_bytes = 0;
     int wpg = 1;
+    int lpg = 32;
     size_t smem = 0;
 };
 
 // The staged kernel's grid on `sms` SMs: the fewest blocks (1 to 4 per SM) whose share of the
-// weights and the quantized input fit kStagedMaxSmem.
-StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
+// weights and the quantized input fit kStagedMaxSmem. lanes > 0: the lanes per group where a warp
+// covers a row (else lanes_per_group's choice).
+StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms, int lanes) {
     StagedPlan plan;
     if (sms <= 0 || n_jobs < 1 || n_jobs > kMaxMatvecJobs) return plan;
     const GroupShape shape = group_shape(jobs, n_jobs, swiglu);
@@ -276,6 +283,7 @@ StagedPlan staged_plan(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, in
         plan.stage_bytes = int(stage);
         plan.smem = stage + in_bytes;
         plan.wpg = warps_per_group(K / shape.unit_elems, gpb, kStagedWarps);
+        if (plan.wpg == 1) plan.lpg = lanes > 0 ? lanes : lanes_per_group(K / shape.unit_elems, gpb, kStagedWarps);
         return plan;
     }
     return plan;
@@ -310,7 +318,7 @@ size_t matvec_weight_bytes(const MatvecJob* jobs, int n_jobs) {
 }
 
 bool matvec_q8_staged(const MatvecJob* jobs, int n_jobs, int K, bool swiglu, int sms) {
-    return staged_plan(jobs, n_jobs, K, swiglu, sms).blocks > 0;
+    return staged_plan(jobs, n_jobs, K, swiglu, sms, 0).blocks > 0;
 }
 
 namespace q8 {
@@ -333,6 +341,7 @@ Q8Params make_params(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& s
         throw Error("cuda matvec_q8: fused SwiGLU needs two products of one height and type");
     p.n_jobs = n_jobs;
     p.n_groups = groups;
+    p.lpg = 32;
     p.K = K;
     p.src = src;
     p.swiglu_out = swiglu_out;
@@ -355,6 +364,25 @@ size_t staged_bytes(const GroupShape& shape, int groups_per_block, int n_jobs) {
     return (size_t(groups_per_block) * shape.group_bytes + 48 * size_t(n_jobs) + 15) & ~size_t(15);
 }
 
+int lanes_per_group(int units, int groups_per_block, int warps) {
+    // A relative cost of a block's dot phase: its passes over the groups, each the lanes' units
+    // (both rows) in turn, the reduction's levels and a fixed part (finding the group's rows, the
+    // shuffles' latency, the store), which dominates when a lane has one unit. Measured on the
+    // H100 (0.5B geometry, tg128 top_k=1, one lease; its gate/up blocks hold 37 groups of 28
+    // units): 4 lanes per group (the model's choice) 1,654 tok/s, 8: 1,555, 16: 1,573, a warp:
+    // 1,509, whose dot phase took 4.5 us, five passes of one unit per lane.
+    int best = 32;
+    long best_cost = 0;
+    for (int l = 32; l >= 2; l >>= 1) {
+        const long passes = (groups_per_block + warps * (32 / l) - 1) / (warps * (32 / l));
+        int levels = 0;
+        for (int o = l >> 1; o > 0; o >>= 1) ++levels;
+        const long cost = passes * (long((units + l - 1) / l) * 100 + levels * 8 + 300);
+        if (l == 32 || cost < best_cost) best = l, best_cost = cost;
+    }
+    return best;
+}
+
 int warps_per_group(int units, int groups_per_block, int warps) {
     const int need = (units + 31) / 32;
     int wpg = 1;
@@ -365,8 +393,8 @@ int warps_per_group(int units, int groups_per_block, int warps) {
 }  // namespace q8
 
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
-                      int warps_per_row, int max_blocks, int staged_sms, bool pdl, cudaStream_t stream,
-                      const TraceSink* trace) {
+                      int warps_per_row, int max_blocks, int staged_sms, int staged_lanes, bool pdl,
+                      cudaStream_t stream, const TraceSink* trace) {
     if (src.x ? K > kQ8FusedMaxK : !src.pre.qs) throw Error("cuda matvec_q8: no usable input");
     Q8Params p = make_params(jobs, n_jobs, K, src, swiglu_out);
     const int groups = p.n_groups;
@@ -376,9 +404,10 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     (void)trace;
 #endif
     if (src.x) {
-        const StagedPlan plan = staged_plan(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms);
+        const StagedPlan plan = staged_plan(jobs, n_jobs, K, swiglu_out != nullptr, staged_sms, staged_lanes);
         if (plan.blocks > 0) {
             p.wpg = plan.wpg;
+            p.lpg = plan.lpg;
             p.groups_per_block = plan.groups_per_block;
             p.stage_bytes = plan.stage_bytes;
             with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {

@@ -8,12 +8,6 @@
 
 namespace mn::cuda::q8 {
 
-__device__ __forceinline__ float warp_sum_f(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // ---- weight blocks ---------------------------------------------------------------------------
 
 // Weight loads: through the read-only cache from global memory, or (SH) from a copy that the
@@ -227,6 +221,9 @@ struct Q8Params {
     int n_groups;  // group_end[n_jobs - 1]
     int K;
     int wpg;  // warps per row group: 1, 2 or 4 (long rows; the staged kernel also 8)
+    // Lanes per row group when wpg is 1: 32, or (the staged kernel, short rows) 16, 8, 4 or 2,
+    // so that a warp takes 32 / lpg groups at once.
+    int lpg;
     int groups_per_block;  // staged kernel: each block's run of row groups
     int stage_bytes;       // staged kernel: shared-memory bytes for the weights (the input after)
     Q8Source src;
@@ -301,6 +298,23 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
     return float(1.0 / sqrt(t / K + double(eps)));
 }
 
+// This thread's norm weights of the row's first round trip, loaded before the kernel's wait
+// (they are constant), so that after the wait the row is the only round trip to L2 (the
+// staged kernel). Traced on the H100 (0.5B geometry): the staged matvecs' input was quantized
+// 1.06-1.12 us after the wait instead of 1.57 (median over blocks).
+struct NormAhead {
+    float w[8];
+};
+__device__ __forceinline__ void load_norm_ahead(const Q8Source& src, int K, NormAhead& na) {
+    const int i = 8 * threadIdx.x;
+    if (src.norm_weight && i < K) {
+        const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
+        const float4 c = __ldg(pw), d = __ldg(pw + 1);
+        na.w[0] = c.x; na.w[1] = c.y; na.w[2] = c.z; na.w[3] = c.w;
+        na.w[4] = d.x; na.w[5] = d.y; na.w[6] = d.z; na.w[7] = d.w;
+    }
+}
+
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
 // 32 (8 values per lane, two 16-byte loads), kTrips groups per thread per round trip to L2.
@@ -308,15 +322,16 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
 // smaller than with 4 unrolled trips (38.9 vs 30.2 KB for a Q5_0 SwiGLU staged kernel), and
 // instruction fetch is a measured part of these kernels' stalls (Nsight Compute, H100): the
 // 0.5B geometry decoded at 1,441-1,453 tok/s with 1 trip vs 1,399-1,409 with 4, same lease,
-// although its down projection's 4864-wide row then takes 3 round trips. COHERENT rows that
-// one pass covers are read once (the sum of squares from the registers): each read is an L2
-// round trip there.
+// although its down projection's 4864-wide row then takes 3 round trips. Rows that one pass
+// covers are read once (the sum of squares from the registers): each read is a round trip to
+// L2 (COHERENT) or L1. `ahead`: this thread's first norm weights, loaded before the wait.
 template <int THREADS, bool COHERENT = false>
-__device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd) {
+__device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd,
+                                                       const NormAhead* ahead = nullptr) {
     constexpr int kTrips = 1;
     constexpr int kPerTrip = THREADS * 8;
     const int tid = threadIdx.x;
-    const bool one_pass = COHERENT && K <= kTrips * kPerTrip;
+    const bool one_pass = K <= kTrips * kPerTrip;
     float inv = 1.0f;
     if (src.norm_weight && !one_pass) {
         double ss = 0.0;
@@ -352,9 +367,16 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
             for (int t = 0; t < kTrips; ++t) {
                 const int i = base + t * kPerTrip + 8 * tid;
                 if (i < K) {
-                    const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
-                    const float4 c = __ldg(pw), d = __ldg(pw + 1);
-                    const float w8[8] = {c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w};
+                    float w8[8];
+                    if (ahead && base == 0 && t == 0) {
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) w8[e] = ahead->w[e];
+                    } else {
+                        const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
+                        const float4 c = __ldg(pw), d = __ldg(pw + 1);
+                        w8[0] = c.x; w8[1] = c.y; w8[2] = c.z; w8[3] = c.w;
+                        w8[4] = d.x; w8[5] = d.y; w8[6] = d.z; w8[7] = d.w;
+                    }
 #pragma unroll
                     for (int e = 0; e < 8; ++e) v[t][e] = v[t][e] * inv * w8[e];
                 }
@@ -452,8 +474,9 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
                                            const uint8_t* r1, const int8_t* sq, const float2* sd,
                                            float (*red)[2]) {
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wpg = p.wpg, sub = wi % wpg;
-    const int first = lane + 32 * sub, stride = 32 * wpg;
+    const int wpg = p.wpg, sub = wi % wpg, lpg = p.lpg;
+    const int li = lane & (lpg - 1);  // the lane within its group (lpg < 32: wpg is 1, sub 0)
+    const int first = li + 32 * sub, stride = lpg * wpg;
     float acc[2] = {0.0f, 0.0f};
     if (live && FIXED != TensorType::F32) {
         rows_q8<FIXED == TensorType::F32 ? TensorType::Q8_0 : FIXED, PRE, SH>(r0, r1, p.K, sq, sd, first, stride, acc);
@@ -473,8 +496,11 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
         }
 #undef MN_CASE
     }
-    acc[0] = warp_sum_f(acc[0]);
-    acc[1] = warp_sum_f(acc[1]);
+    // The sums over the group's lanes (xor offsets below lpg stay inside the group).
+    for (int o = lpg >> 1; o > 0; o >>= 1) {
+        acc[0] += __shfl_xor_sync(0xffffffffu, acc[0], o);
+        acc[1] += __shfl_xor_sync(0xffffffffu, acc[1], o);
+    }
     if (wpg > 1) {
         if (lane == 0) {
             red[wi][0] = acc[0];
@@ -489,7 +515,7 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
         }
         __syncthreads();  // red is written again by the next group
     }
-    if (live && sub == 0 && lane == 0) store_group<SWIGLU>(p, j, n0, acc);
+    if (live && sub == 0 && li == 0) store_group<SWIGLU>(p, j, n0, acc);
 }
 
 // Rows [n_lo, n_hi) of job j that the groups [g_begin, g_end) cover (n_lo == n_hi: none).
@@ -529,6 +555,8 @@ size_t staged_bytes(const GroupShape& shape, int groups_per_block, int n_jobs);
 // Warps per row group: enough for a lane per unit of a row of `units` units (of the jobs'
 // smallest kind), as far as a block's `warps` go round its groups.
 int warps_per_group(int units, int groups_per_block, int warps);
+// Lanes per group for rows a warp covers (wpg 1): the fewest passes at a modest reduction cost.
+int lanes_per_group(int units, int groups_per_block, int warps);
 
 // The weight rows of row groups [g_begin, g_end), job by job, into `stage` with cp.async (issued
 // only when `issue`; the layout is computed either way): job j's global bytes from src[j]
