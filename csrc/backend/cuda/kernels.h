@@ -98,9 +98,9 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 // staged_sms > 0 (the SM count): products whose input is quantized in the kernel, of at most
 // 6.5 MiB, whose weights fit the staged kernel's shared memory at 1-4 blocks per SM take it
 // (matvec_q8_staged), with staged_lanes > 0 (2-32, a power of two) lanes per row group where a
-// warp covers a row (0: chosen by the plan); the others, and all with staged_sms = 0, the kernel below, where warps_per_row 1, 2 or 4 warps
-// share a row pair (0 picks by K) and max_blocks > 0 caps the grid (blocks then take several row
-// groups each).
+// warp covers a row (0: chosen by the plan); the others, and all with staged_sms = 0, the kernel
+// below, where warps_per_row 1, 2 or 4 warps share a row pair (0 picks by K) and max_blocks > 0
+// caps the grid (blocks then take several row groups each).
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
                       int warps_per_row, int max_blocks, int staged_sms, int staged_lanes, bool pdl,
                       cudaStream_t stream, const TraceSink* trace = nullptr);
