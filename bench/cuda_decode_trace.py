@@ -21,6 +21,11 @@ in microseconds from the step's first traced launch:
   exit    first and last block done
   gap     first wait return minus the previous launch's last exit
   post    last exit minus first wait return: the kernel's own part of the chain
+
+With --blocks N (N traced launches per layer, 5 for qwen2 and llama: q/k/v, attention, o,
+gate/up, down), the staged matvecs block by block: per launch slot of a layer, percentiles over
+all blocks of the last 40 steps of entry, wait return, input quantized, weights in shared memory
+and end (us from the launch's first wait return), and "dot" (end minus weights in shared memory).
 """
 import argparse
 import collections
@@ -127,6 +132,34 @@ def analyze(out):
     return period / 1e3, rows
 
 
+def blocks(out, per_layer):
+    """Per-block percentiles of the staged matvecs, by launch slot within a layer: {slot: rows
+    p10, p50, p90, p99 of (entry, wait, quantized, weights, end, dot)}."""
+    rec = np.fromfile(out, dtype=RECORD)
+    T = rec["t"].astype(np.int64)
+    by_site = launches(rec)
+    steps = collections.Counter(len(v) for v in by_site.values()).most_common(1)[0][0]
+    sites = sorted((k for k, v in by_site.items() if len(v) >= steps), key=lambda k: T[by_site[k][-1], 0].min())
+    rows = collections.defaultdict(list)
+    for pos, key in enumerate(sites):
+        if key[0] != 1:  # staged matvecs only
+            continue
+        for ix in by_site[key][-40:]:
+            t = T[ix]
+            w0 = t[:, 1].min()
+            r = (t[:, :5] - w0) / 1e3
+            rows[pos % per_layer].append(np.column_stack([r, r[:, 4] - r[:, 3]]))
+    print("staged matvecs per block, us from the launch's first wait return: entry wait quantized weights end dot")
+    table = {}
+    for slot in sorted(rows):
+        R = np.concatenate(rows[slot])
+        table[slot] = np.percentile(R, [10, 50, 90, 99], axis=0)
+        print(f"slot {slot} ({len(R)} blocks)")
+        for q, row in zip((10, 50, 90, 99), table[slot]):
+            print(f"  p{q:<3d}" + "".join(f"{v:8.2f}" for v in row))
+    return table
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -134,10 +167,14 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=19)
     ap.add_argument("--out", default="/tmp/metallic_decode_trace.bin")
     ap.add_argument("--analyze-only", action="store_true", help="read an existing --out file")
+    ap.add_argument("--blocks", type=int, default=0, metavar="N",
+                    help="also the staged matvecs block by block, N traced launches per layer")
     a = ap.parse_args()
     if not a.analyze_only:
         run(a.model, a.out, a.tokens, a.prompt_len)
     analyze(a.out)
+    if a.blocks:
+        blocks(a.out, a.blocks)
 
 
 if __name__ == "__main__":
