@@ -216,11 +216,17 @@ auto with_dpl(int hd, F&& f) {
 
 // Shared-memory floats attn_decode_item needs: q, the new key and value, the chunk's scores
 // and the value slices' sums (at most THREADS / 16 slices).
-__host__ __device__ constexpr int decode_smem_floats(int threads, int hd, int keys_cap) { return (3 + threads / 16) * hd + keys_cap; }
+__host__ __device__ constexpr int decode_smem_floats(int threads, int hd, int keys_cap) {
+    return (3 + threads / 16) * hd + keys_cap;
+}
+// Where the staged keys and values begin, in floats from the start (a 16-byte boundary after them).
+__host__ __device__ constexpr int decode_stage_offset(int threads, int hd, int keys_cap) {
+    return (decode_smem_floats(threads, hd, keys_cap) + 3) / 4 * 4;
+}
 // All of a block's dynamic shared memory: those floats, then (stage_keys > 0) the staged keys and
-// values (elem bytes each) from a 16-byte boundary, then the copies' barrier.
+// values (elem bytes each) from decode_stage_offset, then the copies' barrier.
 constexpr size_t decode_smem_bytes(int threads, int hd, int keys_cap, int stage_keys, int elem) {
-    return (size_t(decode_smem_floats(threads, hd, keys_cap)) * 4 + 15) / 16 * 16 +
+    return size_t(decode_stage_offset(threads, hd, keys_cap)) * 4 +
            (stage_keys > 0 ? 2 * size_t(stage_keys) * hd * elem + 16 : 0);
 }
 
@@ -273,7 +279,7 @@ __device__ __forceinline__ void attn_decode_item(const DecodeArgs& a, int s, int
         if constexpr (STAGE) {
             n_st = min(cached_keys, a.stage_keys);
             ins = has_new && n_st == cached_keys && n_st < a.stage_keys;
-            stk = reinterpret_cast<T*>(smem + (decode_smem_floats(THREADS, hd, a.keys_cap) + 3) / 4 * 4);
+            stk = reinterpret_cast<T*>(smem + decode_stage_offset(THREADS, hd, a.keys_cap));
             stbar = reinterpret_cast<uint64_t*>(stk + 2 * size_t(a.stage_keys) * hd);
             first = n_st * hd * int(sizeof(T));
             if (n_st > 0) {

@@ -373,10 +373,8 @@ int lanes_per_group(int units, int groups_per_block, int warps) {
     // 1,509, whose dot phase took 4.5 us, five passes of one unit per lane.
     int best = 32;
     long best_cost = 0;
-    for (int l = 32; l >= 2; l >>= 1) {
+    for (int l = 32, levels = 5; l >= 2; l >>= 1, --levels) {  // levels: log2(l) shuffle steps
         const long passes = (groups_per_block + warps * (32 / l) - 1) / (warps * (32 / l));
-        int levels = 0;
-        for (int o = l >> 1; o > 0; o >>= 1) ++levels;
         const long cost = passes * (long((units + l - 1) / l) * 100 + levels * 8 + 300);
         if (l == 32 || cost < best_cost) best = l, best_cost = cost;
     }

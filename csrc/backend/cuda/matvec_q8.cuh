@@ -305,14 +305,15 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
 struct NormAhead {
     float w[8];
 };
+// Eight norm weights from p (16-byte aligned) through the read-only cache.
+__device__ __forceinline__ void load_norm8(const float* p, float w[8]) {
+    const float4 c = __ldg(reinterpret_cast<const float4*>(p)), d = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    w[0] = c.x; w[1] = c.y; w[2] = c.z; w[3] = c.w;
+    w[4] = d.x; w[5] = d.y; w[6] = d.z; w[7] = d.w;
+}
 __device__ __forceinline__ void load_norm_ahead(const Q8Source& src, int K, NormAhead& na) {
     const int i = 8 * threadIdx.x;
-    if (src.norm_weight && i < K) {
-        const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
-        const float4 c = __ldg(pw), d = __ldg(pw + 1);
-        na.w[0] = c.x; na.w[1] = c.y; na.w[2] = c.z; na.w[3] = c.w;
-        na.w[4] = d.x; na.w[5] = d.y; na.w[6] = d.z; na.w[7] = d.w;
-    }
+    if (src.norm_weight && i < K) load_norm8(src.norm_weight + i, na.w);
 }
 
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
@@ -372,10 +373,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
 #pragma unroll
                         for (int e = 0; e < 8; ++e) w8[e] = ahead->w[e];
                     } else {
-                        const float4* pw = reinterpret_cast<const float4*>(src.norm_weight + i);
-                        const float4 c = __ldg(pw), d = __ldg(pw + 1);
-                        w8[0] = c.x; w8[1] = c.y; w8[2] = c.z; w8[3] = c.w;
-                        w8[4] = d.x; w8[5] = d.y; w8[6] = d.z; w8[7] = d.w;
+                        load_norm8(src.norm_weight + i, w8);
                     }
 #pragma unroll
                     for (int e = 0; e < 8; ++e) v[t][e] = v[t][e] * inv * w8[e];
