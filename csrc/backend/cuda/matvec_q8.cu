@@ -161,7 +161,8 @@ constexpr size_t kStagedMaxSmem = size_t(46) << 10;
 // sitting beside the large products' thousands of blocks slowed those).
 constexpr size_t kStagedMaxWeightBytes = size_t(13) << 19;  // 6.5 MiB
 
-template <bool SWIGLU, TensorType FIXED>
+// NORM: the input row's case (RowNorm, matvec_q8.cuh), one instantiation each.
+template <bool SWIGLU, TensorType FIXED, RowNorm NORM>
 __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const Q8Params p) {
     MN_TRACE_BEGIN;
     pdl_launch_dependents();
@@ -174,12 +175,12 @@ __global__ void __launch_bounds__(kStagedThreads) matvec_q8_staged_kernel(const 
     stage_rows<SWIGLU, kStagedThreads>(p, g_begin, g_end, stage, src, off, true);
     cp_async_commit();
     NormAhead na;
-    load_norm_ahead(p.src, p.K, na);
+    if constexpr (NORM != kNormNone) load_norm_ahead(p.src, p.K, na);
     pdl_wait();
     MN_TRACE(1);
     int8_t* q = reinterpret_cast<int8_t*>(stage + p.stage_bytes);
     float2* d = reinterpret_cast<float2*>(q + p.K);
-    quantize_row_to_shared<kStagedThreads>(p.src, p.K, q, d, &na);
+    quantize_row_to_shared<kStagedThreads, false, NORM>(p.src, p.K, q, d, &na);
     MN_TRACE(2);
     cp_async_wait_all();
     __syncthreads();
@@ -249,6 +250,16 @@ void with_fixed_type(TensorType t, bool mixed, F&& f) {
     }
 }
 
+// Calls f(tag) with tag::value = n (the staged kernel's instantiations).
+template <typename F>
+void with_row_norm(RowNorm n, F&& f) {
+    switch (n) {
+        case kNormNone: f(std::integral_constant<RowNorm, kNormNone>{}); break;
+        case kNormOnePass: f(std::integral_constant<RowNorm, kNormOnePass>{}); break;
+        default: f(std::integral_constant<RowNorm, kNormPasses>{}); break;
+    }
+}
+
 bool mixed_types(const MatvecJob* jobs, int n_jobs) {
     for (int j = 1; j < n_jobs; ++j)
         if (jobs[j].w.type != jobs[0].w.type) return true;
@@ -300,14 +311,19 @@ void prepare_matvec_q8() {
     const TensorType types[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
                                 TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K, TensorType::F32};
     for (TensorType t : types) {
-        with_fixed_type(t, false, [](auto tag) {
-            constexpr TensorType T = decltype(tag)::value;
-            const int carveout = int(cudaSharedmemCarveoutMaxL1);
-            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T>,
-                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-            MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T>,
-                                               cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-        });
+        for (RowNorm n : {kNormNone, kNormOnePass, kNormPasses}) {
+            with_fixed_type(t, false, [n](auto tag) {
+                with_row_norm(n, [](auto norm) {
+                    constexpr TensorType T = decltype(tag)::value;
+                    constexpr RowNorm N = decltype(norm)::value;
+                    const int carveout = int(cudaSharedmemCarveoutMaxL1);
+                    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T, N>,
+                                                       cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+                    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T, N>,
+                                                       cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+                });
+            });
+        }
     }
 }
 
@@ -408,10 +424,15 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             p.lpg = plan.lpg;
             p.groups_per_block = plan.groups_per_block;
             p.stage_bytes = plan.stage_bytes;
+            const RowNorm norm = row_norm_kind<kStagedThreads>(src.norm_weight != nullptr, K);
             with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
-                constexpr TensorType T = decltype(tag)::value;
-                launch_kernel(pdl, swiglu_out ? matvec_q8_staged_kernel<true, T> : matvec_q8_staged_kernel<false, T>,
-                              dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
+                with_row_norm(norm, [&](auto nt) {
+                    constexpr TensorType T = decltype(tag)::value;
+                    constexpr RowNorm N = decltype(nt)::value;
+                    launch_kernel(pdl,
+                                  swiglu_out ? matvec_q8_staged_kernel<true, T, N> : matvec_q8_staged_kernel<false, T, N>,
+                                  dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
+                });
             });
             MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
             return;

@@ -316,6 +316,22 @@ __device__ __forceinline__ void load_norm_ahead(const Q8Source& src, int K, Norm
     if (src.norm_weight && i < K) load_norm8(src.norm_weight + i, na.w);
 }
 
+// What a quantizing kernel knows of its input row at compile time. The staged kernel is compiled
+// for each case, so that a launch runs only its own code: the rms_norm paths were ~14 of a Q5_0
+// staged kernel's 31 KB of sm_90 code (now 17.7 KB without a norm, 24.4 KB with a one-pass one),
+// and instruction fetch is a measured part of these kernels' cost. H100, 0.5B geometry, tg128
+// top_k=1, same lease, alternating: 1,718-1,720 tok/s against 1,674-1,682 with one kernel for all.
+enum RowNorm : int {
+    kNormAtRuntime = -1,  // src.norm_weight decides, and K the passes
+    kNormNone = 0,        // no rms_norm (src.norm_weight is null)
+    kNormOnePass = 1,     // rms_norm, K <= THREADS * 8 (one pass)
+    kNormPasses = 2,      // rms_norm, K > THREADS * 8
+};
+// The case of a row of K values (norm: rms-normalized) for blocks of THREADS threads.
+template <int THREADS>
+constexpr RowNorm row_norm_kind(bool norm, int K) {
+    return !norm ? kNormNone : K <= THREADS * 8 ? kNormOnePass : kNormPasses;
+}
 // Quantizes the float row (rms-normalized and scaled when src.norm_weight is set) into the
 // block's shared memory exactly as quantize_q8_kernel does. Lane groups of 4 take a block of
 // 32 (8 values per lane, two 16-byte loads), kTrips groups per thread per round trip to L2.
@@ -326,15 +342,17 @@ __device__ __forceinline__ void load_norm_ahead(const Q8Source& src, int K, Norm
 // although its down projection's 4864-wide row then takes 3 round trips. Rows that one pass
 // covers are read once (the sum of squares from the registers): each read is a round trip to
 // L2 (COHERENT) or L1. `ahead`: this thread's first norm weights, loaded before the wait.
-template <int THREADS, bool COHERENT = false>
+// NORM: the row's case when the caller knows it (the row must then be that case).
+template <int THREADS, bool COHERENT = false, RowNorm NORM = kNormAtRuntime>
 __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd,
                                                        const NormAhead* ahead = nullptr) {
     constexpr int kTrips = 1;
     constexpr int kPerTrip = THREADS * 8;
     const int tid = threadIdx.x;
-    const bool one_pass = K <= kTrips * kPerTrip;
+    const bool norm = NORM == kNormAtRuntime ? src.norm_weight != nullptr : NORM != kNormNone;
+    const bool one_pass = NORM == kNormAtRuntime ? K <= kTrips * kPerTrip : NORM == kNormOnePass;
     float inv = 1.0f;
-    if (src.norm_weight && !one_pass) {
+    if (norm && !one_pass) {
         double ss = 0.0;
         for (int i = 4 * tid; i < K; i += 4 * THREADS) {
             const float4 v = ldx<COHERENT>(src.x + i);
@@ -342,7 +360,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
         }
         inv = block_inv_rms<THREADS>(ss, K, src.eps);
     }
-    const bool write_norm = src.norm_weight && src.norm_out && blockIdx.x == 0;
+    const bool write_norm = norm && src.norm_out && blockIdx.x == 0;
     for (int base = 0; base < K; base += kTrips * kPerTrip) {
         float v[kTrips][8];
 #pragma unroll
@@ -354,7 +372,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
                 v[t][4] = b.x; v[t][5] = b.y; v[t][6] = b.z; v[t][7] = b.w;
             }
         }
-        if (src.norm_weight && one_pass) {  // one trip of the loop: every thread is here
+        if (norm && one_pass) {  // one trip of the loop: every thread is here
             double ss = 0.0;
 #pragma unroll
             for (int t = 0; t < kTrips; ++t)
@@ -363,7 +381,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
                     for (int e = 0; e < 8; ++e) ss += double(v[t][e]) * v[t][e];
             inv = block_inv_rms<THREADS>(ss, K, src.eps);
         }
-        if (src.norm_weight) {
+        if (norm) {
 #pragma unroll
             for (int t = 0; t < kTrips; ++t) {
                 const int i = base + t * kPerTrip + 8 * tid;
