@@ -317,7 +317,7 @@ __device__ __forceinline__ void load_norm_ahead(const Q8Source& src, int K, Norm
 }
 
 // What a quantizing kernel knows of its input row at compile time. The staged kernel is compiled
-// for each case, so that a launch runs only its own code: the rms_norm paths were ~14 of a Q5_0
+// for each case, so that a launch runs only its own code: the rms_norm paths were ~14 KB of a Q5_0
 // staged kernel's 31 KB of sm_90 code (now 17.7 KB without a norm, 24.4 KB with a one-pass one),
 // and instruction fetch is a measured part of these kernels' cost. H100, 0.5B geometry, tg128
 // top_k=1, same lease, alternating: 1,718-1,720 tok/s against 1,674-1,682 with one kernel for all.
@@ -327,7 +327,8 @@ enum RowNorm : int {
     kNormOnePass = 1,     // rms_norm, K <= THREADS * 8 (one pass)
     kNormPasses = 2,      // rms_norm, K > THREADS * 8
 };
-// The case of a row of K values (norm: rms-normalized) for blocks of THREADS threads.
+// The case of a row of K values (norm: rms-normalized) for blocks of THREADS threads (one pass:
+// the row fits quantize_row_to_shared's one trip of THREADS * 8 values).
 template <int THREADS>
 constexpr RowNorm row_norm_kind(bool norm, int K) {
     return !norm ? kNormNone : K <= THREADS * 8 ? kNormOnePass : kNormPasses;
