@@ -250,14 +250,26 @@ void with_fixed_type(TensorType t, bool mixed, F&& f) {
     }
 }
 
-// Calls f(tag) with tag::value = n (the staged kernel's instantiations).
-template <typename F>
-void with_row_norm(RowNorm n, F&& f) {
-    switch (n) {
-        case kNormNone: f(std::integral_constant<RowNorm, kNormNone>{}); break;
-        case kNormOnePass: f(std::integral_constant<RowNorm, kNormOnePass>{}); break;
-        default: f(std::integral_constant<RowNorm, kNormPasses>{}); break;
+using StagedKernel = void (*)(const Q8Params);
+
+template <bool SWIGLU, TensorType T>
+StagedKernel staged_for_norm(RowNorm norm) {
+    switch (norm) {
+        case kNormNone: return matvec_q8_staged_kernel<SWIGLU, T, kNormNone>;
+        case kNormOnePass: return matvec_q8_staged_kernel<SWIGLU, T, kNormOnePass>;
+        default: return matvec_q8_staged_kernel<SWIGLU, T, kNormPasses>;
     }
+}
+
+// The staged kernel for a product: SwiGLU or not, its jobs' one type t (or, `mixed`, several:
+// the per-job switch) and the case of its input row.
+StagedKernel staged_kernel(bool swiglu, TensorType t, bool mixed, RowNorm norm) {
+    StagedKernel k = nullptr;
+    with_fixed_type(t, mixed, [&](auto tag) {
+        constexpr TensorType T = decltype(tag)::value;
+        k = swiglu ? staged_for_norm<true, T>(norm) : staged_for_norm<false, T>(norm);
+    });
+    return k;
 }
 
 bool mixed_types(const MatvecJob* jobs, int n_jobs) {
@@ -310,21 +322,12 @@ void prepare_matvec_q8() {
     // the default, the dependent launches' overlap was lost.
     const TensorType types[] = {TensorType::Q4_0, TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
                                 TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K, TensorType::F32};
-    for (TensorType t : types) {
-        for (RowNorm n : {kNormNone, kNormOnePass, kNormPasses}) {
-            with_fixed_type(t, false, [n](auto tag) {
-                with_row_norm(n, [](auto norm) {
-                    constexpr TensorType T = decltype(tag)::value;
-                    constexpr RowNorm N = decltype(norm)::value;
-                    const int carveout = int(cudaSharedmemCarveoutMaxL1);
-                    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<true, T, N>,
-                                                       cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-                    MN_CUDA_CHECK(cudaFuncSetAttribute(matvec_q8_staged_kernel<false, T, N>,
-                                                       cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-                });
-            });
-        }
-    }
+    const int carveout = int(cudaSharedmemCarveoutMaxL1);
+    for (TensorType t : types)
+        for (RowNorm n : {kNormNone, kNormOnePass, kNormPasses})
+            for (bool swiglu : {false, true})
+                MN_CUDA_CHECK(cudaFuncSetAttribute(staged_kernel(swiglu, t, false, n),
+                                                   cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
 }
 
 size_t matvec_weight_bytes(const MatvecJob* jobs, int n_jobs) {
@@ -425,15 +428,8 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             p.groups_per_block = plan.groups_per_block;
             p.stage_bytes = plan.stage_bytes;
             const RowNorm norm = row_norm_kind<kStagedThreads>(src.norm_weight != nullptr, K);
-            with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
-                with_row_norm(norm, [&](auto nt) {
-                    constexpr TensorType T = decltype(tag)::value;
-                    constexpr RowNorm N = decltype(nt)::value;
-                    launch_kernel(pdl,
-                                  swiglu_out ? matvec_q8_staged_kernel<true, T, N> : matvec_q8_staged_kernel<false, T, N>,
-                                  dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
-                });
-            });
+            launch_kernel(pdl, staged_kernel(swiglu_out != nullptr, jobs[0].w.type, mixed_types(jobs, n_jobs), norm),
+                          dim3(plan.blocks), dim3(kStagedThreads), plan.smem, stream, p);
             MN_CUDA_CHECK_LAUNCH("matvec_q8_staged_kernel");
             return;
         }
