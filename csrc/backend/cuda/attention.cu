@@ -237,7 +237,10 @@ template <typename T, int DPL, bool STAGE>
 __global__ void __launch_bounds__(kThreads) attn_decode_kernel(const DecodeArgs a) {
     pdl_launch_dependents();
     extern __shared__ __align__(16) float smem[];
-    attn_decode_item<T, DPL, kThreads, true, STAGE>(a, blockIdx.x, blockIdx.y, smem);
+    const int n_keys = *a.pos0 + 1;  // written before the step's first kernel: readable before the wait
+    if (STAGE && n_keys <= a.single && n_keys <= a.stage_keys)
+        attn_decode_item<T, DPL, kThreads, true, STAGE, true>(a, blockIdx.x, blockIdx.y, smem);
+    else attn_decode_item<T, DPL, kThreads, true, STAGE>(a, blockIdx.x, blockIdx.y, smem);
 }
 
 // Prefill: a block takes 16 query rows of one head and walks the keys in
