@@ -105,6 +105,15 @@ __device__ __forceinline__ void trace_flush(const TraceSink& s, int kind, const 
 #define MN_TRACE_END(sink, kind, tag, ev) ((void)0)
 #endif
 
+// 1 / rms of K values from their sum of squares ss (summed in double: the order of the sum
+// then hardly shows) and eps. Every GPU rms_norm computes it here, so that the fused and unfused
+// paths agree bit for bit. After the sum, float: a float divide and the hardware reciprocal square
+// root (<= 2 ulp) instead of a double divide, square root and divide, which sat on the chain of
+// every normalizing matvec block after its wait (a few hundred cycles).
+__device__ __forceinline__ float inv_rms(double ss, int K, float eps) {
+    return rsqrtf(float(ss) / float(K) + eps);
+}
+
 // Asks L2 for the 128-byte line holding p (no register is written: nothing waits for it).
 __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

@@ -53,7 +53,7 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float eps, int w
     if (threadIdx.x == 0) {
         double t = 0.0;
         for (int i = 0; i < int(blockDim.x + 31) / 32; ++i) t += part[i];
-        inv = float(1.0 / sqrt(t / width + double(eps)));
+        inv = inv_rms(t, width, eps);
     }
     __syncthreads();
     float* o = out + size_t(r) * width;

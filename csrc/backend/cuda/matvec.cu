@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatvecParams 
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         inv[r] = 1.0f;
-        if (NORM && r < rows) inv[r] = float(1.0 / sqrt(double(warp_sum(ss[r])) / K + double(in.eps)));
+        if (NORM && r < rows) inv[r] = inv_rms(warp_sum(ss[r]), K, in.eps);
     }
     if (writes_norm) {
         for (int r = 0; r < rows && r < R; ++r)
@@ -351,7 +351,7 @@ __global__ void __launch_bounds__(kWarps * 32, 6) matvec1_kernel(const MatvecPar
         float t = 0.0f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) t += red[w][kRowsPerWarp];
-        inv = float(1.0 / sqrt(double(t) / K + double(in.eps)));
+        inv = inv_rms(t, K, in.eps);
         if (group == 0 && in.norm_out)
             for (int i = threadIdx.x; i < K; i += blockDim.x) in.norm_out[i] = in.x[i] * inv * in.norm_weight[i];
     }

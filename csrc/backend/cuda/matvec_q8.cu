@@ -63,8 +63,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
         double t = 0.0;
 #pragma unroll
         for (int w = 0; w < kQuantThreads / 32; ++w) t += part[w];
-        // As rms_norm_kernel computes it, so that the fused and unfused paths agree.
-        inv = float(1.0 / sqrt(t / K + double(eps)));
+        inv = inv_rms(t, K, eps);
     }
     const int i = blockIdx.x * kQuantThreads + threadIdx.x;
     if (i >= K) return;  // K is a multiple of 32: whole warps leave

@@ -294,8 +294,7 @@ __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
     double t = 0.0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) t += part[w];
-    // As rms_norm_kernel computes it, so that the fused and unfused paths agree.
-    return float(1.0 / sqrt(t / K + double(eps)));
+    return inv_rms(t, K, eps);
 }
 
 // This thread's norm weights of the row's first round trip, loaded before the kernel's wait
