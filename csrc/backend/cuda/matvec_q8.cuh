@@ -471,14 +471,26 @@ __device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, co
         p.swiglu_out[n] = gv / (1.0f + expf(-gv)) * uv;
         return;
     }
+    // Every load before any store: a store could alias a later load as far as the compiler knows,
+    // so interleaved, the second row's bias and residual loads each waited behind the stores
+    // before them (up to four round trips to L2 where one does; out and residual never alias,
+    // CudaBackend::add checks it).
     const MatvecJob& job = p.jobs[j];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int n = n0 + r;
-        if (n >= job.w.N) break;
-        const float v = acc[r] + (job.bias ? job.bias[n] : 0.0f);
-        job.out[n] = v;
-        if (job.residual) job.residual[n] += v;
+    const bool two = n0 + 1 < job.w.N;
+    float v[2] = {acc[0], acc[1]}, res[2] = {0.0f, 0.0f};
+    if (job.bias) {
+        v[0] += __ldg(job.bias + n0);
+        if (two) v[1] += __ldg(job.bias + n0 + 1);
+    }
+    if (job.residual) {
+        res[0] = job.residual[n0];
+        if (two) res[1] = job.residual[n0 + 1];
+    }
+    job.out[n0] = v[0];
+    if (two) job.out[n0 + 1] = v[1];
+    if (job.residual) {
+        job.residual[n0] = res[0] + v[0];
+        if (two) job.residual[n0 + 1] = res[1] + v[1];
     }
 }
 
