@@ -43,18 +43,46 @@ __device__ __forceinline__ float warp_max_f(float v) {
 }
 
 // x (optionally rms-normalized and scaled by nw) -> int8 blocks of 32 with (d, d * sum q).
+// Every load a thread makes is issued before any is used: its value, its norm weight (constant:
+// before the wait) and, for the sum of squares, its slice of the row as up to kQuantVecs float4s
+// per round trip (VEC: x is 16-byte aligned; else one float at a time). The loop this replaces
+// waited on its loads a few at a time and then loaded the value after the block's reduction:
+// several round trips to L2 on the chain of every product that quantizes apart (the 7B's, four
+// a layer).
+constexpr int kQuantVecs = 8;  // rows up to 4 * kQuantThreads * kQuantVecs = 8192 wide: one round trip
+template <bool VEC>
 __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float* __restrict__ x, int K,
                                                                     const float* __restrict__ nw, float eps,
                                                                     float* __restrict__ norm_out,
                                                                     int8_t* __restrict__ qs, float2* __restrict__ ds) {
     pdl_launch_dependents();
-    pdl_wait();  // launched as a programmatic dependent: x comes from the kernel before
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    const int i = blockIdx.x * kQuantThreads + threadIdx.x;
+    const bool mine = i < K;  // K is a multiple of 32: whole warps
+    const float w = nw && mine ? __ldg(nw + i) : 1.0f;
+    pdl_wait();  // launched as a programmatic dependent: x comes from the kernel before
+    float v = mine ? x[i] : 0.0f;
     float inv = 1.0f;
     if (nw) {
         // Every block sums the squares of the whole row (a few KB from L2) instead of a second launch.
         double ss = 0.0;
-        for (int i = threadIdx.x; i < K; i += kQuantThreads) ss += double(x[i]) * x[i];
+        if constexpr (VEC) {
+            for (int base = 0; base < K; base += 4 * kQuantThreads * kQuantVecs) {
+                float4 c[kQuantVecs];
+#pragma unroll
+                for (int u = 0; u < kQuantVecs; ++u) {
+                    const int k = base + 4 * (int(threadIdx.x) + u * kQuantThreads);
+                    if (k < K) c[u] = *reinterpret_cast<const float4*>(x + k);
+                }
+#pragma unroll
+                for (int u = 0; u < kQuantVecs; ++u)
+                    if (base + 4 * (int(threadIdx.x) + u * kQuantThreads) < K)
+                        ss += double(c[u].x) * c[u].x + double(c[u].y) * c[u].y + double(c[u].z) * c[u].z +
+                              double(c[u].w) * c[u].w;
+            }
+        } else {
+            for (int k = threadIdx.x; k < K; k += kQuantThreads) ss += double(x[k]) * x[k];
+        }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         __shared__ double part[kQuantThreads / 32];
@@ -62,14 +90,12 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
         __syncthreads();
         double t = 0.0;
 #pragma unroll
-        for (int w = 0; w < kQuantThreads / 32; ++w) t += part[w];
+        for (int wj = 0; wj < kQuantThreads / 32; ++wj) t += part[wj];
         inv = inv_rms(t, K, eps);
     }
-    const int i = blockIdx.x * kQuantThreads + threadIdx.x;
-    if (i >= K) return;  // K is a multiple of 32: whole warps leave
-    float v = x[i];
+    if (!mine) return;  // whole warps leave
     if (nw) {
-        v = v * inv * nw[i];
+        v = v * inv * w;
         if (norm_out) norm_out[i] = v;
     }
     const float amax = warp_max_f(fabsf(v));
@@ -225,8 +251,9 @@ bool matvec_q8_supported(TensorType t) {
 void launch_quantize_q8(const float* x, int K, const float* norm_weight, float eps, float* norm_out, Q8Input q8,
                         bool pdl, cudaStream_t stream) {
     if (K < 32 || K % 32 != 0) throw Error("cuda quantize_q8: K must be a positive multiple of 32, got " + std::to_string(K));
-    launch_kernel(pdl, quantize_q8_kernel, dim3((K + kQuantThreads - 1) / kQuantThreads), dim3(kQuantThreads), 0,
-                  stream, x, K, norm_weight, eps, norm_out, q8.qs, q8.ds);
+    launch_kernel(pdl, aligned16(x) ? quantize_q8_kernel<true> : quantize_q8_kernel<false>,
+                  dim3((K + kQuantThreads - 1) / kQuantThreads), dim3(kQuantThreads), 0, stream, x, K, norm_weight, eps,
+                  norm_out, q8.qs, q8.ds);
     MN_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
 }
 
