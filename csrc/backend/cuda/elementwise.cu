@@ -183,8 +183,9 @@ __device__ void select_k(float* vals, const int* idx, int len, int k, float* out
             out_i[round] = best.i;
         }
         __syncthreads();
-        // Only the thread that held the winner rescans its elements.
-        if (mine.i == pick.i && mine.v == pick.v && pick.i != INT_MAX) {
+        // Only the thread that held the winner rescans its elements, and not after the last round
+        // (for top-1, two more round trips to L2 on the step's tail in the combining block).
+        if (round + 1 < k && mine.i == pick.i && mine.v == pick.v && pick.i != INT_MAX) {
             for (int j = threadIdx.x; j < len; j += kTopkThreads)
                 if (id(j) == pick.i) vals[j] = -INFINITY;
             mine = local_best();
