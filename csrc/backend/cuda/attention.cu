@@ -11,6 +11,7 @@
 // tile kernels (attention_prefill.cu on tensor cores, attn_tile_kernel here).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "backend/cuda/attention_decode.cuh"
@@ -392,6 +393,8 @@ DecodeArgs make_decode_args(const AttentionArgs& a, int threads) {
     if (!attention_decode_fused(a.rows, a.head_dim, a.thread_per_key))
         throw Error("cuda attention: not a decode row the fused kernel takes");
     if (a.kv_stored || !a.counters) throw Error("cuda attention: the fused decode kernel stores k and v itself");
+    if (reinterpret_cast<uintptr_t>(a.v) % 8 != 0)  // its threads load the new value in pairs (float2)
+        throw Error("cuda attention: the fused decode kernel needs v 8-byte aligned");
     const int single = std::max(32, a.decode_chunk / 32 * 32);
     const int keys_cap = std::max(std::min(single, a.n_ctx), plan.chunk);
     if (sizeof(float) * size_t(decode_smem_floats(threads, a.head_dim, keys_cap)) > 48 * 1024)
