@@ -200,7 +200,7 @@ int main(int argc, char** argv) {
                         src.norm_weight = nw;
                         src.eps = 1e-6f;
                     }
-                    launch_matvec_q8(jobs, n, pr.K, src, pr.swiglu ? swo : nullptr, wpg, cap * sms, 0, true, s);
+                    launch_matvec_q8(jobs, n, pr.K, src, pr.swiglu ? swo : nullptr, wpg, cap * sms, 0, 0, true, s);
                 }
             }, reps);
         };
