@@ -67,6 +67,15 @@ def launches(rec):
     return by_site
 
 
+def decode_sites(by_site):
+    """(steps, {site: its launches}) for the sites that ran in every decode step. A site with more
+    launches also ran before the decode steps (the LM head after the prompt): its last `steps`
+    launches are the decode steps'."""
+    counts = collections.Counter(len(v) for v in by_site.values())
+    steps = max(counts, key=lambda k: counts[k])
+    return steps, {k: v[len(v) - steps:] for k, v in by_site.items() if len(v) >= steps}
+
+
 def summary(T):
     s = {"blocks": len(T)}
     for ev in range(4):
@@ -81,14 +90,8 @@ def summary(T):
 def analyze(out):
     rec = np.fromfile(out, dtype=RECORD)
     T = rec["t"].astype(np.int64)
-    by_site = launches(rec)
-    counts = collections.Counter(len(v) for v in by_site.values())
-    steps = max(counts, key=lambda k: counts[k])
-    # A site with more launches also ran before the decode steps (the LM head after the prompt):
-    # its last `steps` launches are the decode steps'.
-    sites = [k for k, v in by_site.items() if len(v) >= steps]
-    for k in sites:
-        by_site[k] = by_site[k][len(by_site[k]) - steps:]
+    steps, by_site = decode_sites(launches(rec))
+    sites = list(by_site)
     print(f"{len(rec)} block records; {len(sites)} launch sites seen in all {steps} steps")
     timeline = []
     for o in range(steps):
@@ -137,9 +140,8 @@ def blocks(out, per_layer):
     p10, p50, p90, p99 of (entry, wait, quantized, weights, end, dot)}."""
     rec = np.fromfile(out, dtype=RECORD)
     T = rec["t"].astype(np.int64)
-    by_site = launches(rec)
-    steps = collections.Counter(len(v) for v in by_site.values()).most_common(1)[0][0]
-    sites = sorted((k for k, v in by_site.items() if len(v) >= steps), key=lambda k: T[by_site[k][-1], 0].min())
+    _, by_site = decode_sites(launches(rec))
+    sites = sorted(by_site, key=lambda k: T[by_site[k][-1], 0].min())
     rows = collections.defaultdict(list)
     for pos, key in enumerate(sites):
         if key[0] != 1:  # staged matvecs only

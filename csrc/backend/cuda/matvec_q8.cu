@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
                                                                     float* __restrict__ norm_out,
                                                                     int8_t* __restrict__ qs, float2* __restrict__ ds) {
     pdl_launch_dependents();
-    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
     const int i = blockIdx.x * kQuantThreads + threadIdx.x;
     const bool mine = i < K;  // K is a multiple of 32: whole warps
     const float w = nw && mine ? __ldg(nw + i) : 1.0f;
@@ -77,21 +77,12 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
 #pragma unroll
                 for (int u = 0; u < kQuantVecs; ++u)
                     if (base + 4 * (int(threadIdx.x) + u * kQuantThreads) < K)
-                        ss += double(c[u].x) * c[u].x + double(c[u].y) * c[u].y + double(c[u].z) * c[u].z +
-                              double(c[u].w) * c[u].w;
+                        ss += sum_sq(c[u]);
             }
         } else {
             for (int k = threadIdx.x; k < K; k += kQuantThreads) ss += double(x[k]) * x[k];
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        __shared__ double part[kQuantThreads / 32];
-        if (lane == 0) part[wi] = ss;
-        __syncthreads();
-        double t = 0.0;
-#pragma unroll
-        for (int wj = 0; wj < kQuantThreads / 32; ++wj) t += part[wj];
-        inv = inv_rms(t, K, eps);
+        inv = block_inv_rms<kQuantThreads>(ss, K, eps);
     }
     if (!mine) return;  // whole warps leave
     if (nw) {

@@ -282,6 +282,11 @@ __device__ __forceinline__ float4 ldx(const float* p) {
     else return __ldg(reinterpret_cast<const float4*>(p));
 }
 
+// v.x^2 + v.y^2 + v.z^2 + v.w^2 in double (the rms_norm sums of squares).
+__device__ __forceinline__ double sum_sq(float4 v) {
+    return double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+}
+
 // The block's sum of x * x over its threads' partial sums (double), as 1 / rms.
 template <int THREADS>
 __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
@@ -356,7 +361,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
         double ss = 0.0;
         for (int i = 4 * tid; i < K; i += 4 * THREADS) {
             const float4 v = ldx<COHERENT>(src.x + i);
-            ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+            ss += sum_sq(v);
         }
         inv = block_inv_rms<THREADS>(ss, K, src.eps);
     }
