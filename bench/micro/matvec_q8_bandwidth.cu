@@ -10,7 +10,8 @@
 // node, which reads lower than bench_cuda.py's PyTorch copy) and of a plain read of the same
 // bytes (16-byte loads, 8 blocks of 256 threads per SM: the ceiling that matters here).
 // Variants: the input quantized before (the row-pair kernel alone), a quantize launch before each
-// product (as decode runs the products larger than 6.5 MiB), 1/2/4 warps per row pair, and the
+// product (as decode runs the products larger than 6.5 MiB), 1/2/4 warps per row pair (5/10 for long
+// rows: a block of that many warps per row pair), and the
 // input rms-normalized and quantized in every block of the matvec, with the grid capped or not.
 // Random weight bytes: the kernels' time does not depend on the values. The figures are for one
 // product repeated; in a decode step a product follows other kernels, and a gain here need not
@@ -206,7 +207,8 @@ int main(int argc, char** argv) {
         };
         report("row pairs, input quantized before", chain(false, false));
         report("quantize launch + row pairs (as decode)", chain(true, false));
-        for (int wpg : {1, 2, 4}) {
+        for (int wpg : {1, 2, 4, 5, 10}) {
+            if (wpg > 4 && (pr.swiglu || pr.K < 8192)) continue;  // wider blocks: long rows quantized apart
             char name[96];
             snprintf(name, sizeof name, "row pairs, input quantized before, %d warps per row pair", wpg);
             report(name, chain(false, false, 0, wpg));

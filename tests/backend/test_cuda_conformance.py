@@ -268,6 +268,8 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     # Decode variants that must compute the same sums (in another order, or with the input
     # quantized in another kernel), fixed through the environment:
     #   w1/w2/w4  the integer matvec with 1, 2 or 4 warps per row pair;
+    #   w5/w10    blocks of 5 or 10 warps on one row pair (what rows of 16384-20480 take, here
+    #             for every product without SwiGLU, whose input they need quantized apart);
     #   pre       the input quantized by a separate launch (as rows wider than kQ8FusedMaxK are)
     #             instead of inside each block of the matvec;
     #   cap       the matvec grid capped at 2 blocks, so that blocks walk many row groups;
@@ -315,6 +317,8 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
+                     ("w5", {"METALLIC_CUDA_Q8_WARPS": "5", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
+                     ("w10", {"METALLIC_CUDA_Q8_WARPS": "10", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
                      ("cap", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_MAX_BLOCKS": "2"}),
                      ("st", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED_ONLY": "1",
                              "METALLIC_CUDA_Q8_LANES": "32"}),
@@ -339,7 +343,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
             runs[key] = np.stack([m.eval([t]) for t in tokens])
     # The grid cap changes only which block computes a row: same bits.
     np.testing.assert_array_equal(runs["cap"], runs["w1"])
-    for key in ("w2", "w4", "pre", "st", "st2", "step_na"):
+    for key in ("w2", "w4", "pre", "w5", "w10", "st", "st2", "step_na"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):

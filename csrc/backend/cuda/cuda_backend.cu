@@ -318,7 +318,8 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     MN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (const char* g = std::getenv("METALLIC_CUDA_GRAPHS")) graphs_enabled_ = std::string(g) != "0";
     // Switches for comparisons and tests: METALLIC_CUDA_Q8=0 keeps decode on the float matvec;
-    // METALLIC_CUDA_Q8_WARPS=1|2|4 fixes the warps per row pair of the integer matvec,
+    // METALLIC_CUDA_Q8_WARPS=1|2|4 fixes the warps per row pair of the integer matvec (5|10 too for
+    // products without SwiGLU whose input is quantized apart: wider blocks, one pair each),
     // METALLIC_CUDA_Q8_MAX_BLOCKS its grid cap (0: none), METALLIC_CUDA_Q8_PREQUANTIZE=1 quantizes
     // its input in a separate launch at every width; METALLIC_CUDA_ATTN_THREAD_PER_KEY=1 runs decode
     // attention as RoPE + store, the thread-per-key split kernel and a combine launch.

@@ -99,8 +99,9 @@ void launch_quantize_q8(const float* x, int K, const float* norm_weight, float e
 // 6.5 MiB, whose weights fit the staged kernel's shared memory at 1-4 blocks per SM take it
 // (matvec_q8_staged), with staged_lanes > 0 (2-32, a power of two) lanes per row group where a
 // warp covers a row (0: chosen by the plan); the others, and all with staged_sms = 0, the kernel
-// below, where warps_per_row 1, 2 or 4 warps share a row pair (0 picks by K) and max_blocks > 0
-// caps the grid (blocks then take several row groups each).
+// below, where warps_per_row 1, 2 or 4 warps share a row pair (5 or 10: a block of that many on
+// one pair, for products without SwiGLU whose input was quantized apart; 0 picks by K and type)
+// and max_blocks > 0 caps the grid (blocks then take several row groups each).
 void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src, float* swiglu_out,
                       int warps_per_row, int max_blocks, int staged_sms, int staged_lanes, bool pdl,
                       cudaStream_t stream, const TraceSink* trace = nullptr);

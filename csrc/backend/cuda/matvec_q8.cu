@@ -108,12 +108,12 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_q8_kernel(const float*
 // still running. Before griddepcontrol.wait a block touches nothing that kernel writes: it
 // lets the next kernel launch, and asks L2 for the first bytes of its own weight rows (the
 // weights are constant), so a chain of small matvecs overlaps its launches and first DRAM trips.
-template <bool SWIGLU, TensorType FIXED, bool PRE>
-__global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p) {
+template <bool SWIGLU, TensorType FIXED, bool PRE, int WARPS = kQ8Warps>
+__global__ void __launch_bounds__(WARPS * 32) matvec_q8_kernel(const Q8Params p) {
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpg = p.wpg;
     const int gib = wi / wpg, sub = wi - gib * wpg;
-    const int per_block = kQ8Warps / wpg;
+    const int per_block = WARPS / wpg;
     MN_TRACE_BEGIN;
     pdl_launch_dependents();
     {
@@ -139,12 +139,12 @@ __global__ void __launch_bounds__(kQ8Threads) matvec_q8_kernel(const Q8Params p)
     } else {
         int8_t* q = reinterpret_cast<int8_t*>(q8_smem);
         float2* d = reinterpret_cast<float2*>(q + p.K);
-        quantize_row_to_shared<kQ8Threads>(p.src, p.K, q, d);
+        quantize_row_to_shared<WARPS * 32>(p.src, p.K, q, d);
         __syncthreads();
         sq = q;
         sd = d;
     }
-    __shared__ float red[kQ8Warps][2];
+    __shared__ float red[WARPS][2];
     for (int g0 = blockIdx.x; g0 * per_block < p.n_groups; g0 += gridDim.x) {
         int j = 0, n0 = 0;
         const uint8_t* r0 = nullptr;
@@ -293,6 +293,19 @@ bool mixed_types(const MatvecJob* jobs, int n_jobs) {
     for (int j = 1; j < n_jobs; ++j)
         if (jobs[j].w.type != jobs[0].w.type) return true;
     return false;
+}
+
+// Warps per row group (and per block) for rows that would take 4 warps, quantized apart: as many
+// as make every lane's units one or two memory round trips (a lane walks its units one at a time,
+// and with 4 warps a 7B down-projection row of 296 units took 3, the last for 40 lanes of 128).
+// H100, bench/micro/matvec_q8_bandwidth.cu, 7B down projection (K 18944): Q4_K 18.1 us with 4
+// warps, 16.7 with 10 (one unit a lane: 96% of a plain read); Q6_K 24.8 with 4, 24.0 with 5 (two
+// units a lane; 10 warps, 27.7 us, leave 2 blocks an SM at its 80 registers).
+int wide_row_warps(TensorType t, int K) {
+    const int units = K / unit_elems(t);
+    if (t == TensorType::Q4_K && units <= 10 * 32) return 10;
+    if (t == TensorType::Q6_K && units <= 5 * 32 * 2) return 5;
+    return 4;
 }
 
 struct StagedPlan {
@@ -451,24 +464,30 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
             return;
         }
     }
+    const bool pre = !src.x;
+    const bool mixed = mixed_types(jobs, n_jobs);
     int wpg = warps_per_row;
     if (wpg <= 0) {
         // Long rows get several warps, so that enough loads are in flight on few rows.
         const int blocks32 = K / 32;
         wpg = blocks32 >= 512 ? 4 : blocks32 >= 256 ? 2 : 1;
+        if (wpg == 4 && pre && !swiglu_out && !mixed) wpg = wide_row_warps(jobs[0].w.type, K);
     }
-    if (wpg != 1 && wpg != 2 && wpg != 4) wpg = 1;
+    // Blocks wider than kQ8Warps (one row group each) only for rows quantized apart.
+    if (wpg != 1 && wpg != 2 && wpg != 4 && !(pre && !swiglu_out && (wpg == 5 || wpg == 10))) wpg = 1;
     p.wpg = wpg;
-    const int per_block = kQ8Warps / wpg;
+    const int warps = wpg > kQ8Warps ? wpg : kQ8Warps;
+    const int per_block = warps / wpg;
     int blocks = (groups + per_block - 1) / per_block;
     if (max_blocks > 0) blocks = std::min(blocks, max_blocks);
-    const bool pre = !src.x;
     const size_t smem = pre ? 0 : size_t(K) + size_t(K / 32) * sizeof(float2);
-    with_fixed_type(jobs[0].w.type, mixed_types(jobs, n_jobs), [&](auto tag) {
+    with_fixed_type(jobs[0].w.type, mixed, [&](auto tag) {
         constexpr TensorType T = decltype(tag)::value;
         auto kernel = swiglu_out ? (pre ? matvec_q8_kernel<true, T, true> : matvec_q8_kernel<true, T, false>)
                                  : (pre ? matvec_q8_kernel<false, T, true> : matvec_q8_kernel<false, T, false>);
-        launch_kernel(pdl, kernel, dim3(blocks), dim3(kQ8Threads), smem, stream, p);
+        if (warps == 5) kernel = matvec_q8_kernel<false, T, true, 5>;
+        if (warps == 10) kernel = matvec_q8_kernel<false, T, true, 10>;
+        launch_kernel(pdl, kernel, dim3(blocks), dim3(warps * 32), smem, stream, p);
     });
     MN_CUDA_CHECK_LAUNCH("matvec_q8_kernel");
 }

@@ -190,21 +190,31 @@ __device__ __forceinline__ float unit_dot(const UnitRaw& r, int u, const int a[1
                dmin * (float(m0) * da.y + float(m1) * db.y);
     } else if constexpr (T == TensorType::Q6_K) {
         const int p = u & 1;
-        // Chunk p: low nibbles of ql, bits 2p of qh; chunk p + 2: high nibbles, bits 2p + 4.
-        int sa0 = 0, sa1 = 0, sb0 = 0, sb1 = 0;
+        // Chunk p: low nibbles of ql with bits 2p, 2p + 1 of qh as bits 4, 5; chunk p + 2: high
+        // nibbles with bits 2p + 4, 2p + 5. The 6-bit values (0..63) go into __dp4a as they are and
+        // the format's -32 comes off the sums as 32 * (the input's sum): the same integers as
+        // subtracting 32 from every byte first (__vsub4: three instructions a word, 48 of a row's
+        // unit), so the same float result. The input's sums are the same for both rows of a pair
+        // (the compiler computes them once for the two inlined calls).
+        const int sl = 4 - 2 * p, sr = 2 * p;
+        int sa0 = 0, sa1 = 0, sb0 = 0, sb1 = 0, oa0 = 0, oa1 = 0, ob0 = 0, ob1 = 0;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const uint32_t va = __vsub4((r.q[i] & m4) | (((r.h[i] >> (2 * p)) & 0x03030303u) << 4), 0x20202020u);
-            const uint32_t vb =
-                __vsub4(((r.q[i] >> 4) & m4) | (((r.h[i] >> (2 * p + 4)) & 0x03030303u) << 4), 0x20202020u);
+            const uint32_t va = ((r.h[i] << sl) & 0x30303030u) | (r.q[i] & m4);
+            const uint32_t vb = ((r.h[i] >> sr) & 0x30303030u) | ((r.q[i] >> 4) & m4);
             if (i < 4) {
                 sa0 = __dp4a(int(va), a[i], sa0);
                 sb0 = __dp4a(int(vb), a[i + 8], sb0);
+                oa0 = __dp4a(0x20202020, a[i], oa0);
+                ob0 = __dp4a(0x20202020, a[i + 8], ob0);
             } else {
                 sa1 = __dp4a(int(va), a[i], sa1);
                 sb1 = __dp4a(int(vb), a[i + 8], sb1);
+                oa1 = __dp4a(0x20202020, a[i], oa1);
+                ob1 = __dp4a(0x20202020, a[i + 8], ob1);
             }
         }
+        sa0 -= oa0; sa1 -= oa1; sb0 -= ob0; sb1 -= ob1;
         // int8 scales of the 16-element halves: chunk p at bytes 2p, 2p + 1; chunk p + 2 at 2p + 4, 2p + 5.
         const uint32_t ca = r.s[0] >> (16 * p), cb = r.s[1] >> (16 * p);
         const float d = h2f_lo(r.s[3]);
@@ -241,6 +251,62 @@ __device__ __forceinline__ V ld_in(const V* p) {
     else return *p;
 }
 
+// Q6_K units of two rows from global memory, every load issued before any is used: the 4-byte
+// words under each 2-byte aligned field, then the funnel shifts. Written as unit_load does it,
+// ptxas placed the second row's loads (and some of the first's) after the first row's arithmetic
+// to save registers (56-64 instead of 80), so a unit took two or three memory round trips; the Q6_K
+// products ran at 69-86% of a plain read of their bytes. H100, bench/micro/matvec_q8_bandwidth.cu:
+// the 7B output head 168 -> 147 us (98% of the read), its down projection 27.6 -> 24.9 us.
+struct Q6Words {
+    uint32_t ql[9], qh[9], sc[3], d;
+};
+__device__ __forceinline__ void q6_issue(const uint8_t* row, int u, Q6Words& r, uint32_t& sh) {
+    const uint8_t* b = row + size_t(u >> 2) * 210;
+    const int h = (u >> 1) & 1, p = u & 1;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(b);
+    sh = uint32_t(a & 2) * 8;
+    const unsigned int* w = reinterpret_cast<const unsigned int*>(a & ~uintptr_t(3));
+    const int oq = (64 * h + 32 * p) / 4, oh = (128 + 32 * h) / 4, os = (192 + 8 * h) / 4;
+#pragma unroll
+    for (int i = 0; i < 9; ++i) r.ql[i] = __ldg(w + oq + i);
+#pragma unroll
+    for (int i = 0; i < 9; ++i) r.qh[i] = __ldg(w + oh + i);
+#pragma unroll
+    for (int i = 0; i < 3; ++i) r.sc[i] = __ldg(w + os + i);
+    r.d = __ldg(reinterpret_cast<const unsigned short*>(b + 208));
+}
+__device__ __forceinline__ void q6_finish(const Q6Words& r, uint32_t sh, UnitRaw& w) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.q[i] = __funnelshift_r(r.ql[i], r.ql[i + 1], sh);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.h[i] = __funnelshift_r(r.qh[i], r.qh[i + 1], sh);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) w.s[i] = __funnelshift_r(r.sc[i], r.sc[i + 1], sh);
+    w.s[3] = r.d;
+}
+// The xor of a unit's words: every later instruction is made to depend on it (through the funnel
+// shifts' amount, or'ed with it and'ed with a zero the compiler cannot see), so that ptxas must
+// issue all of both rows' loads before any arithmetic. (An empty asm statement taking the words
+// does not do it: it leaves nothing in the PTX that ptxas schedules around.)
+__device__ __forceinline__ uint32_t q6_fold(const Q6Words& r) {
+    uint32_t x = r.d;
+#pragma unroll
+    for (int i = 0; i < 9; ++i) x ^= r.ql[i] ^ r.qh[i];
+#pragma unroll
+    for (int i = 0; i < 3; ++i) x ^= r.sc[i];
+    return x;
+}
+__device__ __forceinline__ void q6_load_pair(const uint8_t* r0, const uint8_t* r1, int u, uint32_t zero,
+                                             UnitRaw& w0, UnitRaw& w1) {
+    Q6Words a, b;
+    uint32_t sa, sb;
+    q6_issue(r0, u, a, sa);
+    q6_issue(r1, u, b, sb);
+    const uint32_t dep = (q6_fold(a) ^ q6_fold(b)) & zero;
+    q6_finish(a, sa | dep, w0);
+    q6_finish(b, sb | dep, w1);
+}
+
 // A warp's (part of the) dot products of two weight rows with the quantized input.
 template <TensorType T, bool PRE, bool SH = false>
 __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const uint8_t* __restrict__ r1, int K,
@@ -249,8 +315,12 @@ __device__ __forceinline__ void rows_q8(const uint8_t* __restrict__ r0, const ui
     const int U = K / E;
     for (int u = first; u < U; u += stride) {
         UnitRaw w0, w1;
-        unit_load<T, SH>(r0, u, w0);
-        unit_load<T, SH>(r1, u, w1);
+        if constexpr (T == TensorType::Q6_K && !SH) {
+            q6_load_pair(r0, r1, u, uint32_t(K) >> 31, w0, w1);  // K > 0: a zero
+        } else {
+            unit_load<T, SH>(r0, u, w0);
+            unit_load<T, SH>(r1, u, w1);
+        }
         int A, B;
         unit_blocks<T>(u, A, B);
         int a[16];
