@@ -34,7 +34,6 @@ namespace {
 
 constexpr int kQuantThreads = 256;
 constexpr int kQ8Warps = 4;  // warps per block of the matvec
-constexpr int kQ8Threads = kQ8Warps * 32;
 
 __device__ __forceinline__ float warp_max_f(float v) {
 #pragma unroll

@@ -73,6 +73,39 @@ struct UnitRaw {
     uint32_t s[4];  // header: K-quant scales in s[0..2]; d (and min) in s[3]
 };
 
+// A Q6_K unit's words: the 4-byte words under its 2-byte aligned fields (quants ql, high bits qh,
+// the int8 scales; the f16 d alone), loaded (issued, not yet used); q6_finish shifts them into a
+// UnitRaw. Apart so that q6_load_pair can issue two rows' loads before either is used.
+struct Q6Words {
+    uint32_t ql[9], qh[9], sc[3], d;
+};
+template <bool SH>
+__device__ __forceinline__ void q6_issue(const uint8_t* row, int u, Q6Words& r, uint32_t& sh) {
+    // 210-byte super-blocks (2-byte aligned): ql[128], qh[64], int8 scales[16], f16 d.
+    const uint8_t* b = row + size_t(u >> 2) * 210;
+    const int h = (u >> 1) & 1, p = u & 1;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(b);
+    sh = uint32_t(a & 2) * 8;  // every field's offset is a multiple of 4: one shift for all
+    const unsigned int* w = reinterpret_cast<const unsigned int*>(a & ~uintptr_t(3));
+    const int oq = (64 * h + 32 * p) / 4, oh = (128 + 32 * h) / 4, os = (192 + 8 * h) / 4;
+#pragma unroll
+    for (int i = 0; i < 9; ++i) r.ql[i] = ldw<SH>(w + oq + i);
+#pragma unroll
+    for (int i = 0; i < 9; ++i) r.qh[i] = ldw<SH>(w + oh + i);
+#pragma unroll
+    for (int i = 0; i < 3; ++i) r.sc[i] = ldw<SH>(w + os + i);
+    r.d = ldw<SH>(reinterpret_cast<const unsigned short*>(b + 208));
+}
+__device__ __forceinline__ void q6_finish(const Q6Words& r, uint32_t sh, UnitRaw& w) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.q[i] = __funnelshift_r(r.ql[i], r.ql[i + 1], sh);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w.h[i] = __funnelshift_r(r.qh[i], r.qh[i + 1], sh);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) w.s[i] = __funnelshift_r(r.sc[i], r.sc[i + 1], sh);
+    w.s[3] = r.d;
+}
+
 template <TensorType T, bool SH>
 __device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u, UnitRaw& r) {
     if constexpr (T == TensorType::Q8_0) {
@@ -119,13 +152,10 @@ __device__ __forceinline__ void unit_load(const uint8_t* __restrict__ row, int u
             r.h[4] = h1.x; r.h[5] = h1.y; r.h[6] = h1.z; r.h[7] = h1.w;
         }
     } else if constexpr (T == TensorType::Q6_K) {
-        // 210-byte super-blocks (2-byte aligned): ql[128], qh[64], int8 scales[16], f16 d.
-        const uint8_t* b = row + size_t(u >> 2) * 210;
-        const int h = (u >> 1) & 1, p = u & 1;
-        load_a2<8, SH>(b + 64 * h + 32 * p, r.q);
-        load_a2<8, SH>(b + 128 + 32 * h, r.h);
-        load_a2<2, SH>(b + 192 + 8 * h, r.s);
-        r.s[3] = ldw<SH>(reinterpret_cast<const unsigned short*>(b + 208));
+        Q6Words w;
+        uint32_t sh;
+        q6_issue<SH>(row, u, w, sh);
+        q6_finish(w, sh, r);
     }
 }
 
@@ -251,43 +281,15 @@ __device__ __forceinline__ V ld_in(const V* p) {
     else return *p;
 }
 
-// Q6_K units of two rows from global memory, every load issued before any is used: the 4-byte
-// words under each 2-byte aligned field, then the funnel shifts. Written as unit_load does it,
-// ptxas placed the second row's loads (and some of the first's) after the first row's arithmetic
-// to save registers (56-64 instead of 80), so a unit took two or three memory round trips; the Q6_K
-// products ran at 69-86% of a plain read of their bytes. H100, bench/micro/matvec_q8_bandwidth.cu:
-// the 7B output head 168 -> 147 us (98% of the read), its down projection 27.6 -> 24.9 us.
-struct Q6Words {
-    uint32_t ql[9], qh[9], sc[3], d;
-};
-__device__ __forceinline__ void q6_issue(const uint8_t* row, int u, Q6Words& r, uint32_t& sh) {
-    const uint8_t* b = row + size_t(u >> 2) * 210;
-    const int h = (u >> 1) & 1, p = u & 1;
-    const uintptr_t a = reinterpret_cast<uintptr_t>(b);
-    sh = uint32_t(a & 2) * 8;
-    const unsigned int* w = reinterpret_cast<const unsigned int*>(a & ~uintptr_t(3));
-    const int oq = (64 * h + 32 * p) / 4, oh = (128 + 32 * h) / 4, os = (192 + 8 * h) / 4;
-#pragma unroll
-    for (int i = 0; i < 9; ++i) r.ql[i] = __ldg(w + oq + i);
-#pragma unroll
-    for (int i = 0; i < 9; ++i) r.qh[i] = __ldg(w + oh + i);
-#pragma unroll
-    for (int i = 0; i < 3; ++i) r.sc[i] = __ldg(w + os + i);
-    r.d = __ldg(reinterpret_cast<const unsigned short*>(b + 208));
-}
-__device__ __forceinline__ void q6_finish(const Q6Words& r, uint32_t sh, UnitRaw& w) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) w.q[i] = __funnelshift_r(r.ql[i], r.ql[i + 1], sh);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) w.h[i] = __funnelshift_r(r.qh[i], r.qh[i + 1], sh);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) w.s[i] = __funnelshift_r(r.sc[i], r.sc[i + 1], sh);
-    w.s[3] = r.d;
-}
-// The xor of a unit's words: every later instruction is made to depend on it (through the funnel
-// shifts' amount, or'ed with it and'ed with a zero the compiler cannot see), so that ptxas must
-// issue all of both rows' loads before any arithmetic. (An empty asm statement taking the words
-// does not do it: it leaves nothing in the PTX that ptxas schedules around.)
+// Q6_K units of two rows from global memory, every load issued before any is used. Loaded as
+// unit_load does it, ptxas placed the second row's loads (and some of the first's) after the first
+// row's arithmetic to save registers (56-64 instead of 80), so a unit took two or three memory
+// round trips; the Q6_K products ran at 69-86% of a plain read of their bytes. H100,
+// bench/micro/matvec_q8_bandwidth.cu: the 7B output head 168 -> 147 us (98% of the read), its down
+// projection 27.6 -> 24.9 us. The xor of a unit's words (q6_fold) is made a dependency of every
+// later instruction (through the funnel shifts' amount, or'ed with it and'ed with a zero the
+// compiler cannot see), so ptxas must issue all of both rows' loads first. (An empty asm statement
+// taking the words does not do it: it leaves nothing in the PTX that ptxas schedules around.)
 __device__ __forceinline__ uint32_t q6_fold(const Q6Words& r) {
     uint32_t x = r.d;
 #pragma unroll
@@ -300,8 +302,8 @@ __device__ __forceinline__ void q6_load_pair(const uint8_t* r0, const uint8_t* r
                                              UnitRaw& w0, UnitRaw& w1) {
     Q6Words a, b;
     uint32_t sa, sb;
-    q6_issue(r0, u, a, sa);
-    q6_issue(r1, u, b, sb);
+    q6_issue<false>(r0, u, a, sa);
+    q6_issue<false>(r1, u, b, sb);
     const uint32_t dep = (q6_fold(a) ^ q6_fold(b)) & zero;
     q6_finish(a, sa | dep, w0);
     q6_finish(b, sb | dep, w1);
