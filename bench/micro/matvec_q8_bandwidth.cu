@@ -11,8 +11,8 @@
 // bytes (16-byte loads, 8 blocks of 256 threads per SM: the ceiling that matters here).
 // Variants: the input quantized before (the row-pair kernel alone), a quantize launch before each
 // product (as decode runs the products larger than 6.5 MiB), 1/2/4 warps per row pair (5/10 for long
-// rows: a block of that many warps per row pair), and the
-// input rms-normalized and quantized in every block of the matvec, with the grid capped or not.
+// rows: a block of that many warps on one row pair), and the input rms-normalized and quantized in
+// every block of the matvec, with the grid capped or not.
 // Random weight bytes: the kernels' time does not depend on the values. The figures are for one
 // product repeated; in a decode step a product follows other kernels, and a gain here need not
 // survive there (bench/RESULTS.md, session 7).

@@ -465,15 +465,17 @@ void launch_matvec_q8(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& 
     }
     const bool pre = !src.x;
     const bool mixed = mixed_types(jobs, n_jobs);
+    // Blocks wider than kQ8Warps (one row group each, instantiated for 5 and 10 warps) only for
+    // products without SwiGLU whose input was quantized apart.
+    const bool wide_ok = pre && !swiglu_out;
     int wpg = warps_per_row;
     if (wpg <= 0) {
         // Long rows get several warps, so that enough loads are in flight on few rows.
         const int blocks32 = K / 32;
         wpg = blocks32 >= 512 ? 4 : blocks32 >= 256 ? 2 : 1;
-        if (wpg == 4 && pre && !swiglu_out && !mixed) wpg = wide_row_warps(jobs[0].w.type, K);
+        if (wpg == 4 && wide_ok && !mixed) wpg = wide_row_warps(jobs[0].w.type, K);
     }
-    // Blocks wider than kQ8Warps (one row group each) only for rows quantized apart.
-    if (wpg != 1 && wpg != 2 && wpg != 4 && !(pre && !swiglu_out && (wpg == 5 || wpg == 10))) wpg = 1;
+    if (wpg != 1 && wpg != 2 && wpg != 4 && !(wide_ok && (wpg == 5 || wpg == 10))) wpg = 1;
     p.wpg = wpg;
     const int warps = wpg > kQ8Warps ? wpg : kQ8Warps;
     const int per_block = warps / wpg;
