@@ -71,6 +71,8 @@ __device__ __forceinline__ void share(const Phases& ph, int p, uint64_t& lo, uin
 }
 
 // Block: warp 0 the producer, warps 1..C the consumers. Ring of `slots` slots of `slot_bytes`.
+// One block per SM (its ~200 KB of shared memory leaves room for no second), so every block is
+// resident, which the grid barrier needs. compute: passes of the arithmetic per 16 bytes (0: none).
 __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, int slots, int slot_bytes, int barrier,
                               int compute, unsigned int* grid_ctr, unsigned int* sink) {
     extern __shared__ __align__(128) uint8_t smem[];
@@ -225,7 +227,6 @@ int main() {
     std::printf("plain read: %.3f ms, %.0f GB/s\n", plain, total / plain / 1e6);
     std::printf("%-10s %-6s %-8s %-7s %-9s %9s %9s %8s %s\n", "slot KB", "slots", "warps", "barrier", "compute", "ms",
                 "GB/s", "of read", "tok/s");
-    // compute: passes of the arithmetic over each 16 bytes (0: none).
     for (int slot_kb : {16, 32})
         for (int warps : {8, 16, 24})
             for (int barrier : {0, 1})
