@@ -286,6 +286,11 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     #             METALLIC_CUDA_STEP=1 a decode matvec or attention it does not take is an error,
     #             so these runs go through it) for the matvecs, attention apart: the same sums as
     #             w1 in another order;
+    #   stream    the decode-step kernel's warp-specialized form (METALLIC_CUDA_STEP_STREAM=1: a
+    #             producer warp streams the weights through a ring of shared-memory slots;
+    #             attention apart): the same sums as w1 in another order; stream2 the same on 2
+    #             blocks with 2 KB slots, so that each block's share runs round the ring many times,
+    #             and stream4 with 4 warps per row group (what long rows take) on 2 blocks;
     #   step      the decode-step kernel with attention in it (16 value slices per block instead
     #             of 4: last-bit differences, which o's 8-bit input turns into quantization
     #             steps, so compared to step_na at the f32 bound below), and step_c32 the same
@@ -313,7 +318,9 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
     knobs = ("METALLIC_CUDA_Q8_WARPS", "METALLIC_CUDA_Q8", "METALLIC_CUDA_Q8_PREQUANTIZE",
              "METALLIC_CUDA_Q8_MAX_BLOCKS", "METALLIC_CUDA_ATTN_THREAD_PER_KEY", "METALLIC_CUDA_Q8_STAGED",
              "METALLIC_CUDA_Q8_STAGED_ONLY", "METALLIC_CUDA_ATTN_DECODE_CHUNK", "METALLIC_CUDA_STEP",
-             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_ATTN_STAGE", "METALLIC_CUDA_Q8_LANES")
+             "METALLIC_CUDA_STEP_ATTN", "METALLIC_CUDA_ATTN_STAGE", "METALLIC_CUDA_Q8_LANES",
+             "METALLIC_CUDA_STEP_STREAM", "METALLIC_CUDA_STEP_BLOCKS", "METALLIC_CUDA_STEP_SLOT_BYTES",
+             "METALLIC_CUDA_STEP_WPG")
     for key, env in (("w1", {"METALLIC_CUDA_Q8_WARPS": "1"}), ("w2", {"METALLIC_CUDA_Q8_WARPS": "2"}),
                      ("w4", {"METALLIC_CUDA_Q8_WARPS": "4"}), ("f32", {"METALLIC_CUDA_Q8": "0"}),
                      ("pre", {"METALLIC_CUDA_Q8_WARPS": "1", "METALLIC_CUDA_Q8_PREQUANTIZE": "1"}),
@@ -329,6 +336,11 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
                      ("st2_l2", {"METALLIC_CUDA_STEP": "0", "METALLIC_CUDA_Q8_STAGED": "2",
                                  "METALLIC_CUDA_Q8_STAGED_ONLY": "1", "METALLIC_CUDA_Q8_LANES": "2"}),
                      ("step_na", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_ATTN": "0"}),
+                     ("stream", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_STREAM": "1"}),
+                     ("stream2", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_STREAM": "1",
+                                  "METALLIC_CUDA_STEP_BLOCKS": "2", "METALLIC_CUDA_STEP_SLOT_BYTES": "2048"}),
+                     ("stream4", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_STEP_STREAM": "1",
+                                  "METALLIC_CUDA_STEP_BLOCKS": "2", "METALLIC_CUDA_STEP_WPG": "4"}),
                      ("step", {"METALLIC_CUDA_STEP": "1"}),
                      ("step_c32", {"METALLIC_CUDA_STEP": "1", "METALLIC_CUDA_ATTN_DECODE_CHUNK": "32"}),
                      ("tpk", {"METALLIC_CUDA_Q8": "0", "METALLIC_CUDA_ATTN_THREAD_PER_KEY": "1"}),
@@ -343,7 +355,7 @@ def test_integer_decode_variants_agree(tmp_path, monkeypatch, wtype, kv_type):
             runs[key] = np.stack([m.eval([t]) for t in tokens])
     # The grid cap changes only which block computes a row: same bits.
     np.testing.assert_array_equal(runs["cap"], runs["w1"])
-    for key in ("w2", "w4", "pre", "w5", "w10", "st", "st2", "step_na"):
+    for key in ("w2", "w4", "pre", "w5", "w10", "st", "st2", "step_na", "stream", "stream2", "stream4"):
         for pos in range(len(tokens)):
             assert rel(runs[key][pos], runs["w1"][pos]) < 1e-5, (key, pos)
     for pos in range(len(tokens)):

@@ -18,7 +18,10 @@ class DecodeStep {
 public:
     // max_phase_bytes: matvecs with more weight bytes than this are not taken (they keep the
     // ordinary kernels, whose many small blocks stream large matrices faster).
-    DecodeStep(int device, size_t max_phase_bytes);
+    // stream: the warp-specialized kernel (a producer warp streams every phase's weights through
+    // a ring of shared-memory slots; matvecs only, sm_90), with `blocks` blocks (0: one per SM)
+    // and ring slots of `slot_bytes` (0: the most that fit); the last two for tests.
+    DecodeStep(int device, size_t max_phase_bytes, bool stream = false, int blocks = 0, int slot_bytes = 0);
     ~DecodeStep();
     DecodeStep(const DecodeStep&) = delete;
     DecodeStep& operator=(const DecodeStep&) = delete;
@@ -55,8 +58,10 @@ private:
     struct Program;
     // Distinct runs kept (a step with attention apart has two per layer).
     static constexpr size_t kMaxPrograms = 1024;
-    int sms_ = 0;
-    int stage_bytes_ = 0;
+    int sms_ = 0;  // blocks of a launch (0: unusable)
+    bool stream_ = false;
+    int stream_wpg_ = 1;  // the streamed kernel's warps per row group
+    int stage_bytes_ = 0;  // the stage buffers' bytes, or (stream_) a ring slot's
     size_t smem_bytes_ = 0;
     size_t max_phase_bytes_ = 0;
     unsigned int* sync_ = nullptr;  // barrier arrivals, blocks done (zero between launches)

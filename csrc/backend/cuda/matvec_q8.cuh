@@ -359,15 +359,16 @@ __device__ __forceinline__ double sum_sq(float4 v) {
     return double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
 }
 
-// The block's sum of x * x over its threads' partial sums (double), as 1 / rms.
-template <int THREADS>
+// The block's sum of x * x over its threads' partial sums (double), as 1 / rms (BAR: the block
+// barrier, block_bar's).
+template <int THREADS, int BAR = 0>
 __device__ __forceinline__ float block_inv_rms(double ss, int K, float eps) {
     constexpr int kWarps = THREADS / 32;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     __shared__ double part[kWarps];
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
+    block_bar<BAR, THREADS>();
     double t = 0.0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) t += part[w];
@@ -419,8 +420,9 @@ constexpr RowNorm row_norm_kind(bool norm, int K) {
 // although its down projection's 4864-wide row then takes 3 round trips. Rows that one pass
 // covers are read once (the sum of squares from the registers): each read is a round trip to
 // L2 (COHERENT) or L1. `ahead`: this thread's first norm weights, loaded before the wait.
-// NORM: the row's case when the caller knows it (the row must then be that case).
-template <int THREADS, bool COHERENT = false, RowNorm NORM = kNormAtRuntime>
+// NORM: the row's case when the caller knows it (the row must then be that case). BAR: the block
+// barrier (block_bar's; the block's first THREADS threads call it).
+template <int THREADS, bool COHERENT = false, RowNorm NORM = kNormAtRuntime, int BAR = 0>
 __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int K, int8_t* sq, float2* sd,
                                                        const NormAhead* ahead = nullptr) {
     constexpr int kTrips = 1;
@@ -435,7 +437,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
             const float4 v = ldx<COHERENT>(src.x + i);
             ss += sum_sq(v);
         }
-        inv = block_inv_rms<THREADS>(ss, K, src.eps);
+        inv = block_inv_rms<THREADS, BAR>(ss, K, src.eps);
     }
     const bool write_norm = norm && src.norm_out && blockIdx.x == 0;
     for (int base = 0; base < K; base += kTrips * kPerTrip) {
@@ -456,7 +458,7 @@ __device__ __forceinline__ void quantize_row_to_shared(const Q8Source& src, int 
                 if (base + t * kPerTrip + 8 * tid < K)
 #pragma unroll
                     for (int e = 0; e < 8; ++e) ss += double(v[t][e]) * v[t][e];
-            inv = block_inv_rms<THREADS>(ss, K, src.eps);
+            inv = block_inv_rms<THREADS, BAR>(ss, K, src.eps);
         }
         if (norm) {
 #pragma unroll
@@ -573,8 +575,9 @@ __device__ __forceinline__ void store_group(const Q8Params& p, int j, int n0, co
 
 // The block's warps on one row group each (wpg warps per group): the two rows' dot products,
 // summed over the group's warps, stored by its first lane. Every warp of the block calls it
-// (live or not): it synchronizes the block when wpg > 1. SH: the rows are in shared memory.
-template <bool SWIGLU, TensorType FIXED, bool PRE, bool SH>
+// (live or not): it synchronizes the block when wpg > 1 (BAR, THREADS: block_bar's). SH: the rows
+// are in shared memory.
+template <bool SWIGLU, TensorType FIXED, bool PRE, bool SH, int BAR = 0, int THREADS = 0>
 __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, int n0, const uint8_t* r0,
                                            const uint8_t* r1, const int8_t* sq, const float2* sd,
                                            float (*red)[2]) {
@@ -611,14 +614,14 @@ __device__ __forceinline__ void group_pass(const Q8Params& p, bool live, int j, 
             red[wi][0] = acc[0];
             red[wi][1] = acc[1];
         }
-        __syncthreads();
+        block_bar<BAR, THREADS>();
         if (sub == 0) {
             for (int w = 1; w < wpg; ++w) {
                 acc[0] += red[wi + w][0];
                 acc[1] += red[wi + w][1];
             }
         }
-        __syncthreads();  // red is written again by the next group
+        block_bar<BAR, THREADS>();  // red is written again by the next group
     }
     if (live && sub == 0 && li == 0) store_group<SWIGLU>(p, j, n0, acc);
 }
@@ -667,9 +670,11 @@ int lanes_per_group(int units, int groups_per_block, int warps);
 // only when `issue`; the layout is computed either way): job j's global bytes from src[j]
 // (16-byte aligned) land at stage + off[j], so that every address keeps its alignment modulo
 // 16, which the block loads rely on. Returns the bytes the layout takes.
+// bytes (if given): each job's byte count there (0: none of its rows).
 template <bool SWIGLU, int THREADS>
 __device__ __forceinline__ int stage_rows(const Q8Params& p, int g_begin, int g_end, uint8_t* stage,
-                                          const uint8_t* src[kMaxMatvecJobs], int off[kMaxMatvecJobs], bool issue) {
+                                          const uint8_t* src[kMaxMatvecJobs], int off[kMaxMatvecJobs], bool issue,
+                                          int* bytes_out = nullptr) {
     int used = 0;
     // Not unrolled: 3-6 KB less code per staged kernel (instruction fetch is part of their
     // stalls); H100, same lease, alternating, 0.5B geometry tg128: 1,464-1,473 vs 1,409-1,459.
@@ -677,6 +682,7 @@ __device__ __forceinline__ int stage_rows(const Q8Params& p, int g_begin, int g_
     for (int j = 0; j < kMaxMatvecJobs; ++j) {
         src[j] = nullptr;
         off[j] = 0;
+        if (bytes_out) bytes_out[j] = 0;
         int n_lo = 0, n_hi = 0;
         if (j < p.n_jobs) job_rows<SWIGLU>(p, j, g_begin, g_end, n_lo, n_hi);
         if (n_lo >= n_hi) continue;
@@ -688,6 +694,7 @@ __device__ __forceinline__ int stage_rows(const Q8Params& p, int g_begin, int g_
         const int bytes = int(((e + 15) & ~uintptr_t(15)) - a);
         src[j] = reinterpret_cast<const uint8_t*>(a);
         off[j] = used;
+        if (bytes_out) bytes_out[j] = bytes;
         if (issue)
             for (int c = 16 * int(threadIdx.x); c < bytes; c += 16 * THREADS)
                 cp_async16(smem_u32(stage + used + c), src[j] + c, true);
