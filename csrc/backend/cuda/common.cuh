@@ -139,70 +139,8 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// ---- bulk copies global -> shared (sm_90: the TMA unit, one instruction for a whole range,
-// counted on an mbarrier, so the block's own loads do not queue behind thousands of 16-byte
-// copies; before sm_90: cp.async by every thread) -----------------------------------------------
-// A block's one-shot stage: bulk_stage_begin, bulk_stage_copy for each range (16-byte aligned, a
-// multiple of 16 bytes), bulk_stage_commit, all by every thread (thread 0 does the work); then,
-// after at least one __syncthreads() (which publishes the barrier's initialisation),
-// bulk_stage_wait by every thread.
-__device__ __forceinline__ void bulk_stage_begin(uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)));
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    }
-#else
-    (void)bar;
-#endif
-}
-__device__ __forceinline__ void bulk_stage_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) {
-        // The barrier's phase cannot complete before bulk_stage_commit's arrival, so each
-        // copy's byte count may be announced just before it.
-        asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-                     : "memory");
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                smem_u32(dst)),
-            "l"(src), "r"(bytes), "r"(smem_u32(bar))
-            : "memory");
-    }
-#else
-    (void)bar;
-    const uint32_t d = smem_u32(dst);
-    for (uint32_t c = 16 * threadIdx.x; c < bytes; c += 16 * blockDim.x)
-        cp_async16(d + c, static_cast<const uint8_t*>(src) + c, true);
-#endif
-}
-__device__ __forceinline__ void bulk_stage_commit(uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-#else
-    (void)bar;
-#endif
-}
-__device__ __forceinline__ void bulk_stage_wait(uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const uint32_t b = smem_u32(bar);
-    uint32_t done = 0;
-    while (!done)
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(b)
-            : "memory");
-#else
-    (void)bar;
-    cp_async_wait_all();
-    __syncthreads();
-#endif
-}
-
-// ---- a ring of shared-memory slots filled by bulk copies (sm_90; decode_step.cu's streamed
-// kernel): `full` barriers count a slot's bytes in (one arrival with the byte count, then the
+// ---- mbarriers and bulk copies (sm_90; no-ops before). Used by the one-shot stage below and by
+// decode_step.cu's ring of shared-memory slots, whose `full` barriers count a slot's bytes in (one arrival with the byte count, then the
 // copies' completions), `empty` barriers the consumers' arrivals out. A phase of parity p is
 // waited for with mbar_wait(b, p); a fresh barrier's phase "before the first" (parity 1) counts
 // as complete, so a producer's first pass over the ring waits for nothing.
@@ -253,6 +191,57 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
         : "memory");
 #else
     (void)dst, (void)src, (void)bytes, (void)bar;
+#endif
+}
+
+// ---- bulk copies global -> shared (sm_90: the TMA unit, one instruction for a whole range,
+// counted on an mbarrier, so the block's own loads do not queue behind thousands of 16-byte
+// copies; before sm_90: cp.async by every thread) -----------------------------------------------
+// A block's one-shot stage: bulk_stage_begin, bulk_stage_copy for each range (16-byte aligned, a
+// multiple of 16 bytes), bulk_stage_commit, all by every thread (thread 0 does the work); then,
+// after at least one __syncthreads() (which publishes the barrier's initialisation),
+// bulk_stage_wait by every thread.
+__device__ __forceinline__ void bulk_stage_begin(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+#else
+    (void)bar;
+#endif
+}
+__device__ __forceinline__ void bulk_stage_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        // The barrier's phase cannot complete before bulk_stage_commit's arrival, so each
+        // copy's byte count may be announced just before it.
+        asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                     : "memory");
+        bulk_copy(dst, src, bytes, bar);
+    }
+#else
+    (void)bar;
+    const uint32_t d = smem_u32(dst);
+    for (uint32_t c = 16 * threadIdx.x; c < bytes; c += 16 * blockDim.x)
+        cp_async16(d + c, static_cast<const uint8_t*>(src) + c, true);
+#endif
+}
+__device__ __forceinline__ void bulk_stage_commit(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) mbar_arrive(bar);
+#else
+    (void)bar;
+#endif
+}
+__device__ __forceinline__ void bulk_stage_wait(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    mbar_wait(bar, 0);
+#else
+    (void)bar;
+    cp_async_wait_all();
+    __syncthreads();
 #endif
 }
 
