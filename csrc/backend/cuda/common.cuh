@@ -140,10 +140,11 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // ---- mbarriers and bulk copies (sm_90; no-ops before). Used by the one-shot stage below and by
-// decode_step.cu's ring of shared-memory slots, whose `full` barriers count a slot's bytes in (one arrival with the byte count, then the
-// copies' completions), `empty` barriers the consumers' arrivals out. A phase of parity p is
-// waited for with mbar_wait(b, p); a fresh barrier's phase "before the first" (parity 1) counts
-// as complete, so a producer's first pass over the ring waits for nothing.
+// decode_step.cu's ring of shared-memory slots, whose `full` barriers count a slot's bytes in
+// (one arrival with the byte count, then the copies' completions) and `empty` barriers the
+// consumers' arrivals out. A phase of parity p is waited for with mbar_wait(b, p); a fresh
+// barrier's phase "before the first" (parity 1) counts as complete, so a producer's first pass
+// over the ring waits for nothing.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));

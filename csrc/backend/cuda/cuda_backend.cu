@@ -290,8 +290,8 @@ private:
     // recorded step would fall back to the ordinary kernels); METALLIC_CUDA_STEP_MAX_MB bounds
     // the products it takes; METALLIC_CUDA_STEP_ATTN=0 keeps attention apart;
     // METALLIC_CUDA_STEP_STREAM=1 picks the warp-specialized kernel (matvecs only: attention
-    // apart), METALLIC_CUDA_STEP_BLOCKS and METALLIC_CUDA_STEP_SLOT_BYTES its grid and ring
-    // slots (tests).
+    // apart), METALLIC_CUDA_STEP_BLOCKS, METALLIC_CUDA_STEP_SLOT_BYTES and METALLIC_CUDA_STEP_WPG
+    // its grid, ring slots and warps per row group (tests).
     std::unique_ptr<cuda::DecodeStep> step_;
     bool step_attention_ = true;
     // METALLIC_CUDA_STEP=1 without METALLIC_CUDA_STEP_MAX_MB (tests): a decode matvec or attention
@@ -360,13 +360,15 @@ CudaBackend::CudaBackend(const BackendOptions& options) {
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_MAX_MB")) step_max_bytes = size_t(std::atof(q) * (1 << 20));
     step_takes_all_ = step_required_ && step_max_bytes == ~size_t(0);
     bool stream = false;
-    int stream_blocks = 0, stream_slot = 0;
+    int stream_blocks = 0, stream_slot = 0, stream_wpg = 1;
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_STREAM")) stream = std::string(q) == "1";
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_BLOCKS")) stream_blocks = std::max(0, std::atoi(q));
     if (const char* q = std::getenv("METALLIC_CUDA_STEP_SLOT_BYTES")) stream_slot = std::max(0, std::atoi(q));
+    if (const char* q = std::getenv("METALLIC_CUDA_STEP_WPG")) stream_wpg = std::atoi(q);
     if (stream) step_attention_ = false;
     if (step && q8_enabled_ && !q8_prequantize_ && q8_warps_ == 0 && q8_max_blocks_ == 0) {
-        step_ = std::make_unique<cuda::DecodeStep>(device_, step_max_bytes, stream, stream_blocks, stream_slot);
+        step_ = std::make_unique<cuda::DecodeStep>(device_, step_max_bytes, stream, stream_blocks, stream_slot,
+                                                   stream_wpg);
         if (!step_->usable()) {
             step_.reset();
             // METALLIC_CUDA_STEP=1 asks for it (tests): say so rather than run without it.

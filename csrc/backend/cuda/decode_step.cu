@@ -28,7 +28,6 @@
 // on other SMs, so they are read through L2 (__ldcg / plain loads after the barrier's acquire),
 // never through the read-only cache (quantize_row_to_shared<..., COHERENT = true>).
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -86,12 +85,15 @@ __device__ __forceinline__ void grid_barrier(unsigned int* counter, unsigned int
     block_bar<BAR, THREADS>();
 }
 
-// Descriptor i of the run (if any) into shared memory, 16 bytes per thread.
-__device__ __forceinline__ void load_desc(const StepPhase* __restrict__ prog, int i, int n, StepPhase* dst) {
+// Descriptor i of the run (if any) into shared memory, 16 bytes per thread: `threads` threads,
+// this one number t among them (the block's first kStepThreads, or the streamed kernel's
+// producer warp).
+__device__ __forceinline__ void load_desc(const StepPhase* __restrict__ prog, int i, int n, StepPhase* dst,
+                                          int t = threadIdx.x, int threads = kStepThreads) {
     if (i >= n) return;
     constexpr int kWords = int(sizeof(StepPhase) / 16);
     const int4* src = reinterpret_cast<const int4*>(prog + i);
-    for (int w = threadIdx.x; w < kWords; w += kStepThreads) reinterpret_cast<int4*>(dst)[w] = __ldg(src + w);
+    for (int w = t; w < kWords; w += threads) reinterpret_cast<int4*>(dst)[w] = __ldg(src + w);
 }
 
 // Starts the copy of this block's share of a matvec phase's weights into `stage` (staged
@@ -339,9 +341,7 @@ __global__ void __launch_bounds__(kStreamThreads, 1)
         // released that slot's previous chunk.
         uint32_t k = 0;
         for (int i = 0; i < n; ++i) {
-            constexpr int kWords = int(sizeof(StepPhase) / 16);
-            const int4* src = reinterpret_cast<const int4*>(prog + i);
-            for (int w = lane; w < kWords; w += 32) reinterpret_cast<int4*>(&pdesc)[w] = __ldg(src + w);
+            load_desc(prog, i, n, &pdesc, lane, 32);
             __syncwarp();
             if (pdesc.kind == kMatvec && lane == 0) {
                 const q8::Q8Params& p = pdesc.mv;
@@ -469,7 +469,7 @@ struct DecodeStep::Program {
     StepPhase* device = nullptr;
 };
 
-DecodeStep::DecodeStep(int device, size_t max_phase_bytes, bool stream, int blocks, int slot_bytes)
+DecodeStep::DecodeStep(int device, size_t max_phase_bytes, bool stream, int blocks, int slot_bytes, int wpg)
     : stream_(stream), max_phase_bytes_(max_phase_bytes) {
     MN_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device));
     int optin = 0;
@@ -492,17 +492,14 @@ DecodeStep::DecodeStep(int device, size_t max_phase_bytes, bool stream, int bloc
         MN_CUDA_CHECK(cudaFuncSetAttribute(decode_stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            int(smem_bytes_)));
         int k = 0;
-        MN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, decode_stream_kernel, kStreamThreads, smem_bytes_));
+        MN_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, decode_stream_kernel, kStreamThreads, smem_bytes_));
         if (k < 1) {
             sms_ = 0;
             return;
         }
         if (blocks > 0) sms_ = std::min(sms_, blocks);
-        // METALLIC_CUDA_STEP_WPG (tests): warps per row group, 1, 2, 4, 8 or 16.
-        if (const char* q = std::getenv("METALLIC_CUDA_STEP_WPG")) {
-            const int w = std::atoi(q);
-            if (w >= 1 && w <= kStepWarps && (w & (w - 1)) == 0) stream_wpg_ = w;
-        }
+        if (wpg >= 1 && wpg <= kStepWarps && (wpg & (wpg - 1)) == 0) stream_wpg_ = wpg;
         MN_CUDA_CHECK(cudaMalloc(&sync_, 2 * sizeof(unsigned int)));
         MN_CUDA_CHECK(cudaMemset(sync_, 0, 2 * sizeof(unsigned int)));
         return;
@@ -543,30 +540,28 @@ DecodeStep::~DecodeStep() {
 
 bool DecodeStep::takes_matvec(const MatvecJob* jobs, int n_jobs, int K, const Q8Source& src) const {
     if (sms_ <= 0 || !src.x || K % 32 != 0 || K > kQ8MaxK) return false;
-    if (stream_) {
-        // The types stream_groups compiles; the input row in the work area; a row group in a slot.
-        if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kStreamWorkBytes)) return false;
-        if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
-        for (int j = 0; j < n_jobs; ++j) {
-            const TensorType t = jobs[j].w.type;
-            if (jobs[j].w.K != K || (t != TensorType::Q4_K && t != TensorType::Q6_K && t != TensorType::Q5_0 &&
-                                     t != TensorType::Q8_0))
-                return false;
-        }
-        // (A SwiGLU group, a row of gate and one of up, is no larger than the two rows counted here.)
-        const q8::GroupShape shape = q8::group_shape(jobs, n_jobs, false);
-        return q8::staged_bytes(shape, 1, n_jobs) <= size_t(stage_bytes_) &&
-               matvec_weight_bytes(jobs, n_jobs) <= max_phase_bytes_;
-    }
-    if (size_t(K) + size_t(K / 32) * sizeof(float2) > size_t(kWorkBytes)) return false;
+    // The quantized input row in the work area.
+    const size_t work = stream_ ? kStreamWorkBytes : kWorkBytes;
+    if (size_t(K) + size_t(K / 32) * sizeof(float2) > work) return false;
     if (!aligned16(src.x) || !aligned16(src.norm_weight) || !aligned16(src.norm_out)) return false;
-    for (int j = 0; j < n_jobs; ++j)
-        if (!matvec_q8_supported(jobs[j].w.type) || jobs[j].w.K != K) return false;
+    for (int j = 0; j < n_jobs; ++j) {
+        const TensorType t = jobs[j].w.type;
+        // The streamed kernel: only the types stream_groups compiles.
+        const bool type_ok = stream_ ? t == TensorType::Q4_K || t == TensorType::Q6_K || t == TensorType::Q5_0 ||
+                                           t == TensorType::Q8_0
+                                     : matvec_q8_supported(t);
+        if (!type_ok || jobs[j].w.K != K) return false;
+    }
+    // The streamed kernel: a row group in a ring slot (a SwiGLU group, a row of gate and one of
+    // up, is no larger than the two rows counted here).
+    if (stream_ && q8::staged_bytes(q8::group_shape(jobs, n_jobs, false), 1, n_jobs) > size_t(stage_bytes_))
+        return false;
     return matvec_weight_bytes(jobs, n_jobs) <= max_phase_bytes_;
 }
 
 bool DecodeStep::takes_attention(const AttentionArgs& a) const {
-    if (sms_ <= 0 || stream_ || !a.counters || a.kv_stored || !attention_decode_fused(a.rows, a.head_dim, a.thread_per_key))
+    if (sms_ <= 0 || stream_ || !a.counters || a.kv_stored ||
+        !attention_decode_fused(a.rows, a.head_dim, a.thread_per_key))
         return false;
     try {
         const attn::DecodeArgs d = attn::make_decode_args(a, kStepThreads);

@@ -19,9 +19,11 @@ public:
     // max_phase_bytes: matvecs with more weight bytes than this are not taken (they keep the
     // ordinary kernels, whose many small blocks stream large matrices faster).
     // stream: the warp-specialized kernel (a producer warp streams every phase's weights through
-    // a ring of shared-memory slots; matvecs only, sm_90), with `blocks` blocks (0: one per SM)
-    // and ring slots of `slot_bytes` (0: the most that fit); the last two for tests.
-    DecodeStep(int device, size_t max_phase_bytes, bool stream = false, int blocks = 0, int slot_bytes = 0);
+    // a ring of shared-memory slots; matvecs only, sm_90), with `blocks` blocks (0: one per SM),
+    // ring slots of `slot_bytes` (0: the most that fit) and `wpg` warps per row group (1, 2, 4, 8
+    // or 16; others: 1); the last three for tests.
+    DecodeStep(int device, size_t max_phase_bytes, bool stream = false, int blocks = 0, int slot_bytes = 0,
+               int wpg = 1);
     ~DecodeStep();
     DecodeStep(const DecodeStep&) = delete;
     DecodeStep& operator=(const DecodeStep&) = delete;
