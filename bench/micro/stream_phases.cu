@@ -9,7 +9,8 @@
 // dependencies (weights are constant), while consumer warps reduce each slot with dp4a (about a
 // Q4_K dot product's arithmetic per byte) and, at each phase's end, meet every other block at a
 // grid barrier (the activations' dependency). Printed: the step's time and bandwidth against a
-// plain read of the same bytes, with the barriers and the arithmetic switched off and on.
+// plain read of the same bytes, with the barriers (after every phase, or only after those with
+// weights) and the arithmetic switched off and on.
 //
 //   nvcc -arch=sm_90 -O3 -std=c++17 -o stream_phases bench/micro/stream_phases.cu && ./stream_phases
 #include <cuda_runtime.h>
@@ -33,6 +34,8 @@
 namespace {
 
 constexpr int kMaxPhases = 160;
+// The widest input row quantized (18,944 codes and 592 float2 scales), in shared memory after the ring.
+constexpr size_t kQinBytes = 18944 + 18944 / 32 * 8;
 struct Phases {
     uint64_t off[kMaxPhases];  // byte offset of each phase in the weight buffer
     uint64_t bytes[kMaxPhases];
@@ -75,9 +78,11 @@ __device__ __forceinline__ void share(const Phases& ph, int p, uint64_t& lo, uin
 // Block: warp 0 the producer, warps 1..C the consumers. Ring of `slots` slots of `slot_bytes`.
 // One block per SM (its ~200 KB of shared memory leaves room for no second), so every block is
 // resident, which the grid barrier needs. compute: passes of the arithmetic per 16 bytes (0: none).
-// input: at each phase's start the consumers also read that phase's input row (3584 floats, 18944
+// input 1: at each phase's start the consumers also read that phase's input row (3584 floats, 18944
 // for a down projection) from global memory and sum its squares across the block, as the real
-// kernel's rms_norm and quantization would, before any slot.
+// kernel's rms_norm and quantization would, before any slot. input 2: they copy the row already
+// quantized into shared memory instead (a quarter of the bytes, one block barrier).
+// act: the input row (zeros; at least kQinBytes and 18944 floats).
 __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, int slots, int slot_bytes, int barrier,
                               int compute, int input, const float* act, unsigned int* grid_ctr, unsigned int* sink) {
     __shared__ float red[32];
@@ -85,6 +90,7 @@ __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, in
     uint64_t* full = reinterpret_cast<uint64_t*>(smem);
     uint64_t* empty = full + slots;
     uint8_t* ring = smem + 1024;
+    uint8_t* qin = ring + size_t(slots) * slot_bytes;  // input 2: the quantized row (kQinBytes)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int consumers = blockDim.x / 32 - 1;
     if (threadIdx.x == 0) {
@@ -110,10 +116,28 @@ __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, in
     // Consumers.
     const int ct = threadIdx.x - 32, cthreads = consumers * 32;
     uint32_t k = 0, acc = 0;
+    unsigned int passed = 0;  // grid barriers passed
     for (int p = 0; p < ph.n; ++p) {
         uint64_t lo, hi;
         share(ph, p, lo, hi);
-        if (input && hi > lo) {
+        if (input == 2 && hi > lo) {
+            // The row as the producing phase could publish it: already quantized (K int8 codes, K / 32
+            // float2 scales; its sum of squares would come with the grid barrier), copied into shared
+            // memory with up to 8 loads a thread in flight, then one barrier of the consumers.
+            const int n16 = (ph.in_k[p] + ph.in_k[p] / 32 * 8) / 16;
+            const uint4* src = reinterpret_cast<const uint4*>(act);
+            uint4* dst = reinterpret_cast<uint4*>(qin);
+            for (int base = 0; base < n16; base += 8 * cthreads) {
+                uint4 v[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u)
+                    if (base + ct + u * cthreads < n16) v[u] = src[base + ct + u * cthreads];
+#pragma unroll
+                for (int u = 0; u < 8; ++u)
+                    if (base + ct + u * cthreads < n16) dst[base + ct + u * cthreads] = v[u];
+            }
+            asm volatile("bar.sync 1, %0;" ::"r"(cthreads) : "memory");
+        } else if (input && hi > lo) {
             float ss = 0.0f;
             for (int i = 4 * ct; i < ph.in_k[p]; i += 4 * cthreads) {
                 const float4 v = *reinterpret_cast<const float4*>(act + i);
@@ -163,13 +187,17 @@ __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, in
             __syncwarp();
             if (lane == 0) mbar_arrive(empty + s);
         }
-        if (barrier) {
+        // barrier 2: none after a phase without weights (attention here), whose dependency the next
+        // phase's barrier covers: 4 a layer, the fewest all-to-all syncs a step's data needs
+        // (o, gate/up, down and the next q/k/v each read every output of the phase before).
+        if (barrier == 1 || (barrier == 2 && ph.bytes[p] > 0)) {
+            ++passed;
             // The phase's dependency: every block's consumers done before any starts the next.
             asm volatile("bar.sync 1, %0;" ::"r"(cthreads) : "memory");
             if (ct == 0) {
                 __threadfence();
                 atomicAdd(grid_ctr, 1u);
-                const unsigned int target = (p + 1) * gridDim.x;
+                const unsigned int target = passed * gridDim.x;
                 unsigned int seen = 0;
                 do {
                     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(grid_ctr) : "memory");
@@ -249,6 +277,17 @@ int main() {
     };
     const float plain = time_it([&] { plain_read<<<sms * 8, 512>>>(reinterpret_cast<uint4*>(w), total / 16, sink); });
     std::printf("plain read: %.3f ms, %.0f GB/s\n", plain, total / plain / 1e6);
+    {
+        // As bench_cuda.py reports the copy bandwidth: a 2 GiB device-to-device copy, bytes read + written.
+        const size_t n = size_t(1) << 31;
+        void *a = nullptr, *b = nullptr;
+        CK(cudaMalloc(&a, n));
+        CK(cudaMalloc(&b, n));
+        const float copy = time_it([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); });
+        std::printf("device-to-device copy: %.0f GB/s (read + written)\n", 2.0 * n / copy / 1e6);
+        CK(cudaFree(a));
+        CK(cudaFree(b));
+    }
     std::printf("%-10s %-6s %-8s %-7s %-9s %-6s %9s %9s %8s %s\n", "slot KB", "slots", "warps", "barrier", "compute",
                 "input", "ms", "GB/s", "of read", "tok/s");
     float* act = nullptr;
@@ -256,12 +295,12 @@ int main() {
     CK(cudaMemset(act, 0, 18944 * sizeof(float)));
     for (int slot_kb : {16, 32})
         for (int warps : {8, 16, 24})
-            for (int barrier : {0, 1})
+            for (int barrier : {0, 1, 2})
                 for (int compute : {0, 1, 2, 3})
-                    for (int input : {0, 1}) {
+                    for (int input : {0, 1, 2}) {
                         if (!barrier && (compute > 1 || input)) continue;
                         const int slots = (200 << 10) / (slot_kb << 10);
-                        const size_t smem = 1024 + size_t(slots) * (slot_kb << 10);
+                        const size_t smem = 1024 + size_t(slots) * (slot_kb << 10) + kQinBytes;
                         CK(cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
                         const float t = time_it([&] {
                             cudaMemsetAsync(ctr, 0, 4);
