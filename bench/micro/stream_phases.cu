@@ -12,7 +12,7 @@
 // plain read of the same bytes, with the barriers (after every phase, or only after those with
 // weights) and the arithmetic switched off and on.
 //
-//   nvcc -arch=sm_90 -O3 -std=c++17 -o stream_phases bench/micro/stream_phases.cu && ./stream_phases
+//   nvcc -arch=sm_90 -O3 -std=c++17 -I csrc -o stream_phases bench/micro/stream_phases.cu && ./stream_phases
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,6 +21,8 @@
 #include <cstdio>
 #include <utility>
 #include <vector>
+
+#include "backend/cuda/common.cuh"  // the engine's mbarrier and bulk-copy helpers
 
 #define CK(x)                                                                                  \
     do {                                                                                       \
@@ -33,6 +35,8 @@
 
 namespace {
 
+using namespace mn::cuda;
+
 constexpr int kMaxPhases = 160;
 // The widest input row quantized (18,944 codes and 592 float2 scales), in shared memory after the ring.
 constexpr size_t kQinBytes = 18944 + 18944 / 32 * 8;
@@ -42,31 +46,6 @@ struct Phases {
     int in_k[kMaxPhases];  // floats in the phase's input row (the `input` option reads them)
     int n;
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count));
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(smem_u32(b)), "r"(parity)
-                     : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
-}
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* full) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(full)), "r"(bytes) : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(full))
-                 : "memory");
-}
 
 // This block's share of a phase: 16-byte aligned pieces, the last block takes what is left.
 __device__ __forceinline__ void share(const Phases& ph, int p, uint64_t& lo, uint64_t& hi) {
@@ -108,7 +87,8 @@ __global__ void stream_kernel(const uint8_t* __restrict__ w, const Phases ph, in
                 const int s = k % slots;
                 if (k >= uint32_t(slots)) mbar_wait(empty + s, ((k / slots) - 1) & 1);
                 const uint32_t n = uint32_t(min(uint64_t(slot_bytes), hi - a));
-                bulk_load(ring + size_t(s) * slot_bytes, w + ph.off[p] + a, n, full + s);
+                mbar_arrive_expect_tx(full + s, n);
+                bulk_copy(ring + size_t(s) * slot_bytes, w + ph.off[p] + a, n, full + s);
             }
         }
         return;
